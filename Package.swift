@@ -1,0 +1,32 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "graceful",
+    products: [
+        .executable(name: "graceful", targets: ["graceful"]),
+        .library(name: "Graceful", targets: ["Graceful"]),
+        .library(name: "GracefulRank", targets: ["GracefulRank"]),
+    ],
+    targets: [
+        // System calls Glibc does not export to Swift, and the code that must run between fork and exec.
+        .target(name: "CGraceful"),
+        // The wire format shared by the coordinator and the Swift client: JSON values and protocol messages.
+        .target(name: "GracefulProtocol", linkerSettings: [.linkedLibrary("m")]),
+        // The coordinator: the pure stop/commit state machine and the thin process layer around it.
+        .target(name: "Graceful", dependencies: ["CGraceful", "GracefulProtocol"]),
+        // The client library for rank processes written in Swift.
+        .target(name: "GracefulRank", dependencies: ["CGraceful", "GracefulProtocol"]),
+        .executableTarget(name: "graceful", dependencies: ["Graceful"]),
+        .executableTarget(
+            name: "swift-rank-example",
+            dependencies: ["GracefulRank"],
+            path: "examples/swift/rank"
+        ),
+        .testTarget(
+            name: "GracefulTests",
+            dependencies: ["Graceful", "GracefulProtocol", "GracefulRank", "graceful", "swift-rank-example"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

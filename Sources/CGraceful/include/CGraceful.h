@@ -1,0 +1,68 @@
+#ifndef CGRACEFUL_H
+#define CGRACEFUL_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Starts `path` in a new process whose descriptors 0..<count are `sources[0..<count]` and nothing else.
+///
+/// In the child, before exec: every signal disposition is reset to the default, the signal mask is
+/// emptied, the child becomes the leader of a new process group, `pdeathsig` (when non-zero) is
+/// delivered to it if the spawning thread dies, and every descriptor from `count` up is closed.
+/// Returns 0 and stores the pid, or an errno value (from fork, or from exec in the child, in which
+/// case the child has already been reaped).
+int graceful_spawn(const char *path, char *const argv[], char *const envp[],
+                   const int *sources, int count, int pdeathsig, pid_t *pid_out);
+
+/// A pipe whose two ends are close-on-exec; the read end is also non-blocking. Returns 0 or errno.
+int graceful_pipe(int fds[2]);
+/// A connected AF_UNIX stream socket pair, both close-on-exec, fds[0] non-blocking. Returns 0 or errno.
+int graceful_channel_pair(int fds[2]);
+/// Makes `fd` non-blocking. Returns 0 or errno.
+int graceful_set_nonblocking(int fd);
+
+/// Routes `sig` to one byte (the signal number) written to `write_fd`, which must be non-blocking.
+/// The handler saves and restores errno. Returns 0 or errno.
+int graceful_signal_catch(int write_fd, int sig);
+/// Sets `sig` to SIG_IGN. Returns 0 or errno.
+int graceful_signal_ignore(int sig);
+/// 1 when `sig` is currently ignored (SIG_IGN), else 0.
+int graceful_signal_is_ignored(int sig);
+
+/// Opens /dev/null on any of descriptors 0, 1, 2 that is closed, so no later descriptor lands there.
+void graceful_ensure_stdio(void);
+/// Raises the soft limit of open files to the hard limit; returns the new soft limit.
+long graceful_raise_nofile_limit(void);
+/// A TCP port that was free a moment ago (bound to port 0 on all interfaces, then released), or -1.
+int graceful_free_tcp_port(void);
+
+/// waitpid(pid, WNOHANG): returns the pid when it ended (status stored), 0 when still running, -1 on error.
+int graceful_reap(pid_t pid, int *status);
+int graceful_status_exited(int status);
+int graceful_status_exit_code(int status);
+int graceful_status_signaled(int status);
+int graceful_status_signal(int status);
+
+/// epoll, with an unpacked event type Swift can import.
+typedef struct {
+    uint64_t token;
+    uint32_t events;
+} graceful_event;
+enum {
+    GRACEFUL_READABLE = 1,
+    GRACEFUL_HANGUP = 2,
+    GRACEFUL_ERROR = 4,
+};
+int graceful_epoll_create(void);
+int graceful_epoll_add(int epfd, int fd, uint64_t token);
+int graceful_epoll_remove(int epfd, int fd);
+/// Waits up to `timeout_ms` (-1: forever). Returns the number of events, 0 on timeout or EINTR, -1 on error.
+int graceful_epoll_wait(int epfd, graceful_event *events, int max, int timeout_ms);
+
+/// For rank processes not under the coordinator: SIGINT and SIGTERM set a flag instead of killing.
+/// Returns 0 or errno.
+int graceful_rank_catch_stop_signals(void);
+/// The last stop signal caught by the handlers above, or 0.
+int graceful_rank_caught_signal(void);
+
+#endif

@@ -1,0 +1,203 @@
+/// The `graceful` command line, parsed by hand in swift-argument-parser's conventions: `--help` text
+/// in its shape, `error: ...` on one line, exit code 64 for usage errors.
+public enum CommandLineInterface {
+    public static let version = "0.1.0"
+
+    /// What the command line asks for.
+    public enum Invocation: Equatable, Sendable {
+        case run(RunConfiguration)
+        /// Print this text on stdout and exit 0.
+        case help(String)
+    }
+
+    /// A usage error: print `error: <message>` and exit 64.
+    public struct UsageError: Error, Equatable, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    public static let overview = """
+        OVERVIEW: Graceful-exit and checkpoint coordinator for multi-process training jobs.
+
+        USAGE: graceful <subcommand>
+
+        OPTIONS:
+          --version               Show the version.
+          -h, --help              Show help information.
+
+        SUBCOMMANDS:
+          run                     Launch ranks and stop them together, at one step, with one
+                                  consistent checkpoint.
+
+          See 'graceful help <subcommand>' for detailed help.
+
+        """
+
+    public static let runHelp = """
+        OVERVIEW: Launch N ranks and stop them together, at one step, with one consistent checkpoint.
+
+        A stop is requested by SIGINT (Ctrl+C), SIGTERM, SIGUSR1, SIGHUP, or the control file holding
+        {"GracefulExit": 1}. Ranks using the client stop after the same step, save, and confirm; the
+        coordinator then commits <run-dir>/last_checkpoint.json, from which the next launch resumes.
+        A second signal sends SIGTERM to the ranks still running, a third SIGKILL.
+
+        USAGE: graceful run [<options>] [--] <command> [<arguments> ...]
+
+        ARGUMENTS:
+          <command>               The program every rank runs (looked up in PATH).
+          <arguments>             Its arguments, passed unchanged.
+
+        OPTIONS:
+          -n, --ranks <n>         Number of ranks to launch. (default: 1)
+                                  Also --nproc-per-node (torchrun), --local_worker_num (msrun).
+          --run-dir <dir>         Where rank_N.log and last_checkpoint.json live.
+                                  (default: graceful_run) Also --log-dir, --log_dir (msrun).
+          --control-file <path>   The file whose {"GracefulExit": 1} requests a stop.
+                                  (default: graceful_exit.json)
+          --grace <seconds>       How long ranks have, from the stop request, to confirm their
+                                  checkpoint and exit before they get SIGTERM. (default: 30)
+          --kill-after <seconds>  How long from SIGTERM to SIGKILL. (default: 10)
+          --master-addr <addr>    MASTER_ADDR for the ranks. (default: 127.0.0.1)
+                                  Also --master_addr.
+          --master-port <port>    MASTER_PORT for the ranks. (default: a free port)
+                                  Also --master_port.
+          --run-id <id>           The run id (GRACEFUL_RUN_ID, TORCHELASTIC_RUN_ID).
+                                  (default: random) Also --rdzv-id, --rdzv_id.
+          -h, --help              Show help information.
+
+        EXIT CODES:
+          0    every rank exited 0, or a stop committed a consistent checkpoint
+          1    a rank failed while no stop was pending
+          2    a stop was requested but nothing could be committed
+          64   usage error            65   unusable last_checkpoint.json
+          71   system error           73   run directory not writable
+          75   the control file already requests an exit: nothing launched
+          126  command not executable 127  command not found
+          128+N  a stop that committed nothing was forced by signal N (130: Ctrl+C)
+
+        """
+
+    private static let runUsageHint = "see 'graceful run --help'"
+
+    /// Parses the arguments after the program name.
+    public static func parse(_ arguments: [String]) throws(UsageError) -> Invocation {
+        guard let first = arguments.first else { return .help(overview) }
+        switch first {
+        case "-h", "--help": return .help(overview)
+        case "--version": return .help(version + "\n")
+        case "help":
+            if arguments.dropFirst().first == "run" { return .help(runHelp) }
+            return .help(overview)
+        case "run": return try parseRun(Array(arguments.dropFirst()))
+        default:
+            if first.hasPrefix("-") {
+                throw UsageError(message: "unknown option '\(first)' (see 'graceful --help')")
+            }
+            throw UsageError(message: "unknown subcommand '\(first)' (see 'graceful --help')")
+        }
+    }
+
+    private enum Option {
+        case ranks, runDirectory, controlFile, grace, killAfter, masterAddress, masterPort, runID
+    }
+
+    private static let spellings: [String: Option] = [
+        "-n": .ranks, "--ranks": .ranks, "--nproc-per-node": .ranks, "--nproc_per_node": .ranks,
+        "--local_worker_num": .ranks, "--local-worker-num": .ranks,
+        "--run-dir": .runDirectory, "--log-dir": .runDirectory, "--log_dir": .runDirectory,
+        "--control-file": .controlFile,
+        "--grace": .grace,
+        "--kill-after": .killAfter,
+        "--master-addr": .masterAddress, "--master_addr": .masterAddress,
+        "--master-port": .masterPort, "--master_port": .masterPort,
+        "--run-id": .runID, "--rdzv-id": .runID, "--rdzv_id": .runID,
+    ]
+
+    private static func parseRun(_ arguments: [String]) throws(UsageError) -> Invocation {
+        var configuration = RunConfiguration(command: [])
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            if argument == "--" {
+                configuration.command = Array(arguments[(index + 1)...])
+                break
+            }
+            if argument == "-h" || argument == "--help" { return .help(runHelp) }
+            guard argument.hasPrefix("-"), argument != "-" else {
+                configuration.command = Array(arguments[index...])
+                break
+            }
+            var name = argument
+            var value: String?
+            if let equals = argument.firstIndex(of: "="), argument.hasPrefix("--") {
+                name = String(argument[..<equals])
+                value = String(argument[argument.index(after: equals)...])
+            } else if argument.hasPrefix("-n"), argument.count > 2, !argument.hasPrefix("--") {
+                name = "-n"
+                value = String(argument.dropFirst(2))
+            }
+            guard let option = spellings[name] else {
+                throw UsageError(message: "unknown option '\(name)' (\(runUsageHint))")
+            }
+            if value == nil {
+                index += 1
+                guard index < arguments.count else {
+                    throw UsageError(message: "missing value for '\(name)' (\(runUsageHint))")
+                }
+                value = arguments[index]
+            }
+            try apply(option, name: name, value: value!, to: &configuration)
+            index += 1
+        }
+        guard let program = configuration.command.first, !program.isEmpty else {
+            throw UsageError(message: "missing the command every rank runs, e.g. 'graceful run -n 4 -- python3 train.py' (\(runUsageHint))")
+        }
+        return .run(configuration)
+    }
+
+    private static func apply(
+        _ option: Option, name: String, value: String, to configuration: inout RunConfiguration
+    ) throws(UsageError) {
+        switch option {
+        case .ranks:
+            guard let ranks = Int(value), (1...65536).contains(ranks) else {
+                throw UsageError(message: "'\(name)' takes a whole number of ranks from 1 to 65536, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.ranks = ranks
+        case .runDirectory:
+            guard !value.isEmpty else { throw UsageError(message: "'\(name)' takes a directory, not an empty string (\(runUsageHint))") }
+            configuration.runDirectory = value
+        case .controlFile:
+            guard !value.isEmpty, !value.hasSuffix("/") else {
+                throw UsageError(message: "'\(name)' takes a file path, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.controlFile = value
+        case .grace:
+            configuration.policy.grace = try seconds(value, name: name)
+        case .killAfter:
+            configuration.policy.killAfter = try seconds(value, name: name)
+        case .masterAddress:
+            guard !value.isEmpty, !value.contains(where: \.isWhitespace) else {
+                throw UsageError(message: "'\(name)' takes a host name or address, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.masterAddress = value
+        case .masterPort:
+            guard let port = Int(value), (1...65535).contains(port) else {
+                throw UsageError(message: "'\(name)' takes a TCP port from 1 to 65535, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.masterPort = port
+        case .runID:
+            guard !value.isEmpty, !value.contains(where: { $0.isWhitespace || $0 == "=" }) else {
+                throw UsageError(message: "'\(name)' takes a non-empty id without spaces, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.runID = value
+        }
+    }
+
+    private static func seconds(_ value: String, name: String) throws(UsageError) -> Double {
+        guard let seconds = Double(value), seconds.isFinite, seconds >= 0, seconds <= 31_536_000 else {
+            throw UsageError(message: "'\(name)' takes a number of seconds from 0 to 31536000, not '\(value)' (\(runUsageHint))")
+        }
+        return seconds
+    }
+}

@@ -1,0 +1,36 @@
+import GracefulProtocol
+
+/// Something that happened, fed to `Coordinator.handle(_:now:)` by the process layer.
+public enum CoordinatorEvent: Equatable, Sendable {
+    /// The rank's client said hello: it speaks the protocol.
+    case hello(rank: Int)
+    /// The rank answered stop request `id` with its position.
+    case position(rank: Int, id: Int, step: Int?)
+    /// The rank saved its state after `step` at `path`.
+    case checkpointed(rank: Int, step: Int, path: String?)
+    /// The rank's process (the group leader) ended.
+    case exited(rank: Int, ExitStatus)
+    /// A stop trigger arrived: a signal, or the control file's flag.
+    case trigger(Trigger)
+    /// The commit record asked for by `.commit` is durably on disk.
+    case commitWritten
+    /// Writing the commit record failed; the previous record is untouched.
+    case commitFailed(String)
+    /// Time passed; deadlines are checked against `now`.
+    case tick
+}
+
+/// Something the process layer must do, returned by `Coordinator.handle(_:now:)`, in order.
+public enum CoordinatorAction: Equatable, Sendable {
+    /// Write one message on the rank's channel.
+    case send(rank: Int, CoordinatorMessage)
+    /// Send a signal to the rank's whole process group.
+    case signal(rank: Int, Int32)
+    /// Write the commit record (step, each rank's path, the trigger), then report back with
+    /// `.commitWritten` or `.commitFailed`.
+    case commit(step: Int, paths: [String?], trigger: Trigger)
+    /// One line for the console.
+    case report(String)
+    /// Every rank has ended: exit with this code.
+    case finish(exitCode: Int32)
+}

@@ -1,0 +1,127 @@
+import GracefulProtocol
+import Glibc
+
+/// Watches the control file with inotify on its directory (editors and `mv` replace the inode, so
+/// the file itself cannot be watched), plus a `stat` check every few seconds for filesystems where
+/// inotify sees nothing (NFS, some container mounts). Reads happen only when something changed.
+final class ControlFileWatcher {
+    /// What a read of the file found.
+    enum Reading: Equatable {
+        case missing
+        case state(ControlFileState)
+        /// The file exists but cannot be used (a directory, a fifo, too large, unreadable).
+        case unusable(String)
+    }
+
+    /// Larger files are refused unread: a control file holds a few bytes.
+    static let maximumSize = 1 << 20
+    /// Seconds between two `stat` checks of the fallback.
+    static let statInterval = 2.0
+
+    let path: String
+    private let fileName: String
+    /// The inotify descriptor, or -1 when inotify could not watch the directory.
+    let inotifyFD: Int32
+    private var lastIdentity: [Int] = []
+    private var lastWarning: String?
+
+    init(path: String) {
+        self.path = path
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        fileName = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE)
+        if fd >= 0, inotify_add_watch(fd, directory, mask) >= 0 {
+            inotifyFD = fd
+        } else {
+            closeDescriptor(fd)
+            inotifyFD = -1
+        }
+        lastIdentity = identity()
+    }
+
+    deinit { closeDescriptor(inotifyFD) }
+
+    /// Drains inotify events; true when one of them concerns the control file.
+    func drainEvents() -> Bool {
+        var concerned = false
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { readAvailable(inotifyFD, into: $0) }
+            guard let count, count > 0 else { break }
+            buffer.withUnsafeBytes { raw in
+                var offset = 0
+                let header = MemoryLayout<inotify_event>.size
+                while offset + header <= count {
+                    let length = Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
+                    let nameBytes = raw[(offset + header)..<min(offset + header + length, count)]
+                    let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
+                    if name == fileName { concerned = true }
+                    offset += header + length
+                }
+            }
+        }
+        if concerned { lastIdentity = identity() }
+        return concerned
+    }
+
+    /// The stat fallback: true when the file's identity (inode, size, times) changed since last seen.
+    func changedSinceLastCheck() -> Bool {
+        let current = identity()
+        defer { lastIdentity = current }
+        return current != lastIdentity
+    }
+
+    private func identity() -> [Int] {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return [] }
+        return [
+            Int(info.st_dev), Int(info.st_ino), Int(info.st_size), Int(info.st_mode),
+            Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec), Int(info.st_ctim.tv_sec), Int(info.st_ctim.tv_nsec),
+        ]
+    }
+
+    /// Reads and interprets the file now. Never blocks (a fifo is refused without opening it for long).
+    func read() -> Reading {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+        if fd < 0 {
+            if errno == ENOENT || errno == ENOTDIR { return .missing }
+            return .unusable("cannot be opened: \(SystemError("open").reason)")
+        }
+        defer { closeDescriptor(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return .unusable("cannot be examined: \(SystemError("fstat").reason)") }
+        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable("is not a regular file") }
+        guard info.st_size <= Self.maximumSize else { return .unusable("is larger than \(Self.maximumSize) bytes") }
+        var contents: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while contents.count <= Self.maximumSize {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                return .unusable("cannot be read: \(SystemError("read").reason)")
+            }
+            if count == 0 { break }
+            contents.append(contentsOf: chunk[0..<count])
+        }
+        guard contents.count <= Self.maximumSize else { return .unusable("is larger than \(Self.maximumSize) bytes") }
+        return .state(ControlFileState(contents: contents))
+    }
+
+    /// Reads the file and decides: true when it requests an exit. A problem yields a warning only when
+    /// it differs from the previous one, so a broken file is reported once, not on every event.
+    func evaluate(warn: (String) -> Void) -> Bool {
+        let problem: String?
+        var requestsExit = false
+        switch read() {
+        case .missing, .state(.clear): problem = nil
+        case .state(.requestsExit): problem = nil; requestsExit = true
+        case .state(.invalid(let reason)): problem = "\(reason); ignored"
+        case .unusable(let reason): problem = "\(reason); ignored"
+        }
+        if let problem, problem != lastWarning { warn("warning: control file \(path): \(problem)") }
+        lastWarning = problem
+        return requestsExit
+    }
+}

@@ -1,0 +1,36 @@
+/// Cuts a byte stream into lines, so output from several processes is never interleaved mid-line.
+///
+/// A line longer than `maximumLength` is delivered in pieces of that length (flagged), so one process
+/// that never writes a newline cannot make the coordinator hold unbounded memory.
+struct LineSplitter {
+    let maximumLength: Int
+    private var pending: [UInt8] = []
+
+    init(maximumLength: Int) {
+        self.maximumLength = maximumLength
+    }
+
+    /// Appends `bytes` and returns the complete lines (without newlines) and whether each was cut short.
+    mutating func append(_ bytes: some Collection<UInt8>) -> [(line: [UInt8], truncated: Bool)] {
+        var lines: [(line: [UInt8], truncated: Bool)] = []
+        for byte in bytes {
+            if byte == UInt8(ascii: "\n") {
+                lines.append((pending, false))
+                pending.removeAll(keepingCapacity: true)
+            } else {
+                pending.append(byte)
+                if pending.count >= maximumLength {
+                    lines.append((pending, true))
+                    pending.removeAll(keepingCapacity: true)
+                }
+            }
+        }
+        return lines
+    }
+
+    /// What is left without a newline at the end of the stream.
+    mutating func finish() -> [UInt8]? {
+        defer { pending.removeAll() }
+        return pending.isEmpty ? nil : pending
+    }
+}

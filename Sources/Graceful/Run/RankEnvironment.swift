@@ -1,0 +1,72 @@
+/// The environment of one rank: the coordinator's own, plus what torchrun and msrun scripts read, plus
+/// the protocol's variables (docs/PROTOCOL.md lists them all).
+public struct RankEnvironment: Sendable {
+    public var runID: String
+    public var runDirectory: String
+    public var worldSize: Int
+    public var masterAddress: String
+    public var masterPort: Int
+    public var restartCount = 0
+    public var maxRestarts = 0
+    /// The committed record to resume from, if any.
+    public var resume: CommitRecord?
+
+    /// The descriptor number the channel has inside every rank.
+    public static let channelDescriptor: Int32 = 3
+
+    public init(runID: String, runDirectory: String, worldSize: Int, masterAddress: String, masterPort: Int, resume: CommitRecord?) {
+        self.runID = runID
+        self.runDirectory = runDirectory
+        self.worldSize = worldSize
+        self.masterAddress = masterAddress
+        self.masterPort = masterPort
+        self.resume = resume
+    }
+
+    /// `inherited` overlaid with the variables of `rank`. Keys are unique; order is stable.
+    public func variables(rank: Int, inherited: [(String, String)]) -> [(String, String)] {
+        var own: [(String, String)] = [
+            ("RANK", String(rank)),
+            ("LOCAL_RANK", String(rank)),
+            ("GROUP_RANK", "0"),
+            ("ROLE_RANK", String(rank)),
+            ("ROLE_NAME", "default"),
+            ("WORLD_SIZE", String(worldSize)),
+            ("LOCAL_WORLD_SIZE", String(worldSize)),
+            ("ROLE_WORLD_SIZE", String(worldSize)),
+            ("MASTER_ADDR", masterAddress),
+            ("MASTER_PORT", String(masterPort)),
+            ("TORCHELASTIC_RUN_ID", runID),
+            ("TORCHELASTIC_RESTART_COUNT", String(restartCount)),
+            ("TORCHELASTIC_MAX_RESTARTS", String(maxRestarts)),
+            ("RANK_ID", String(rank)),
+            ("RANK_SIZE", String(worldSize)),
+            ("DEVICE_ID", String(rank)),
+            ("MS_WORKER_NUM", String(worldSize)),
+            ("MS_NODE_ID", String(rank)),
+            ("MS_ROLE", "MS_WORKER"),
+            ("MS_SCHED_HOST", masterAddress),
+            ("MS_SCHED_PORT", String(masterPort)),
+            ("GRACEFUL_PROTOCOL", "1"),
+            ("GRACEFUL_CHANNEL_FD", String(Self.channelDescriptor)),
+            ("GRACEFUL_RUN_ID", runID),
+            ("GRACEFUL_RUN_DIR", runDirectory),
+            ("GRACEFUL_RESTART_COUNT", String(restartCount)),
+        ]
+        if let resume {
+            own.append(("GRACEFUL_RESUME_STEP", String(resume.step)))
+            if rank < resume.paths.count, let path = resume.paths[rank] {
+                own.append(("GRACEFUL_RESUME_PATH", path))
+            }
+        }
+        let ownKeys = Set(own.map(\.0))
+        // A resume variable left in the coordinator's environment must not leak into a fresh run.
+        let dropped: Set<String> = ["GRACEFUL_RESUME_STEP", "GRACEFUL_RESUME_PATH"]
+        var result = inherited.filter { !ownKeys.contains($0.0) && !dropped.contains($0.0) }
+        let inheritedKeys = Set(result.map(\.0))
+        // torchrun's defaults: one OpenMP thread per rank when several share the machine.
+        if worldSize > 1 && !inheritedKeys.contains("OMP_NUM_THREADS") { result.append(("OMP_NUM_THREADS", "1")) }
+        if !inheritedKeys.contains("PYTHONUNBUFFERED") { result.append(("PYTHONUNBUFFERED", "1")) }
+        return result + own
+    }
+}

@@ -1,0 +1,256 @@
+import CGraceful
+import Foundation
+import GracefulProtocol
+import Synchronization
+
+/// The rank side of the graceful protocol (docs/PROTOCOL.md), for rank processes written in Swift.
+///
+/// ```swift
+/// let rank = Rank.shared
+/// var step = (rank.resumeStep ?? 0) + 1
+/// while step <= steps {
+///     train(step)
+///     if rank.shouldStop(step: step) {
+///         save(step, to: path)
+///         rank.checkpointed(step: step, path: path)
+///         exit(0)
+///     }
+///     step += 1
+/// }
+/// ```
+///
+/// Under `graceful run` every rank stops after the same step. Outside it (no `GRACEFUL_CHANNEL_FD`),
+/// SIGINT, SIGTERM and the control file (`GRACEFUL_CONTROL_FILE`, default `graceful_exit.json`,
+/// checked by a background thread every half second) stop the rank at its next boundary.
+///
+/// `shouldStop(step:)` costs two atomic operations and a function call when nothing is pending: no
+/// lock, no system call.
+public final class Rank: Sendable {
+    /// The process's one client; the channel can be owned only once.
+    public static let shared = Rank()
+
+    public let rank: Int
+    public let worldSize: Int
+    public let localRank: Int
+    /// The committed step this launch resumes from, or nil.
+    public let resumeStep: Int?
+    /// This rank's checkpoint of `resumeStep`, or nil.
+    public let resumePath: String?
+    /// True under the coordinator.
+    public let isCoordinated: Bool
+
+    private let channel: Int32
+    private let lastStep = Atomic<Int>(Rank.noStep)
+    private let pending = Atomic<Bool>(false)
+    private let state = NSCondition()
+    private nonisolated(unsafe) var stopState = StopState()
+    private let writeLock = Mutex(())
+
+    private static let noStep = Int.min
+
+    private struct StopState {
+        enum Decision: Equatable {
+            case undecided
+            case at(Int?)
+        }
+        var answered: Int??
+        var decision = Decision.undecided
+        var stopping = false
+        var committedStep: Int?
+        var trigger: String?
+    }
+
+    private init() {
+        let environment = ProcessInfo.processInfo.environment
+        rank = environment["RANK"].flatMap(Int.init) ?? 0
+        worldSize = environment["WORLD_SIZE"].flatMap(Int.init) ?? 1
+        localRank = environment["LOCAL_RANK"].flatMap(Int.init) ?? 0
+        resumeStep = environment["GRACEFUL_RESUME_STEP"].flatMap(Int.init)
+        resumePath = environment["GRACEFUL_RESUME_PATH"]
+        if let text = environment["GRACEFUL_CHANNEL_FD"], let fd = Int32(text), fcntl(fd, F_GETFD) >= 0 {
+            channel = fd
+            isCoordinated = true
+            // The channel is this process's alone: neither a program it executes nor a child it
+            // spawns may think it owns it.
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            unsetenv("GRACEFUL_CHANNEL_FD")
+            send(RankMessage.hello(protocolVersion: gracefulProtocolVersion, pid: Int(getpid())).line)
+            let reader = Thread { [self] in readChannel() }
+            reader.name = "graceful-channel"
+            reader.start()
+        } else {
+            channel = -1
+            isCoordinated = false
+            _ = graceful_rank_catch_stop_signals()
+            let path = environment["GRACEFUL_CONTROL_FILE"] ?? "graceful_exit.json"
+            let watcher = Thread { [self] in watchControlFile(path) }
+            watcher.name = "graceful-control-file"
+            watcher.start()
+        }
+    }
+
+    /// The stop step once known.
+    public var stopStep: Int? {
+        state.withLock {
+            if case .at(let step) = stopState.decision { return step }
+            return nil
+        }
+    }
+
+    /// The last step the coordinator reported committed.
+    public var committedStep: Int? { state.withLock { stopState.committedStep } }
+
+    /// What requested the stop ("SIGINT", "control-file", ...), once one was requested.
+    public var trigger: String? { state.withLock { stopState.trigger } }
+
+    /// Call at every step boundary, right after finishing `step`. True: save the state of `step`,
+    /// call `checkpointed(step:path:)`, and exit. Once true, always true.
+    @inline(__always)
+    public func shouldStop(step: Int) -> Bool {
+        lastStep.store(step, ordering: .sequentiallyConsistent)
+        if !pending.load(ordering: .sequentiallyConsistent) && graceful_rank_caught_signal() == 0 {
+            return false
+        }
+        return decide(step: step)
+    }
+
+    /// Tells the coordinator the state after `step` is saved at `path`. Never throws; a coordinator
+    /// that is gone is ignored.
+    public func checkpointed(step: Int, path: String?) {
+        guard isCoordinated else { return }
+        send(RankMessage.checkpointed(step: step, path: path).line)
+    }
+
+    // MARK: - The slow path (docs/PROTOCOL.md, "What the rank must do")
+
+    private func decide(step: Int) -> Bool {
+        state.lock()
+        defer { state.unlock() }
+        if !isCoordinated {
+            let signal = graceful_rank_caught_signal()
+            if signal != 0 && stopState.trigger == nil { stopState.trigger = signalName(signal) }
+            stopState.stopping = true
+            return true
+        }
+        while true {
+            if stopState.stopping { return true }
+            switch stopState.decision {
+            case .at(.none):
+                stopState.stopping = true
+                return true
+            case .at(.some(let stopStep)):
+                if step >= stopStep { stopState.stopping = true }
+                return stopState.stopping
+            case .undecided:
+                // Until the boundary after the one answered, keep training; after it, wait for T.
+                if case .some(.some(let answered)) = stopState.answered, step <= answered { return false }
+                state.wait()
+            }
+        }
+    }
+
+    private func readChannel() {
+        var splitter = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var skipping = false
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(channel, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            for byte in buffer[0..<count] {
+                if byte != UInt8(ascii: "\n") {
+                    if splitter.count < maximumMessageLength { splitter.append(byte) } else { skipping = true }
+                    continue
+                }
+                if !skipping, let message = try? CoordinatorMessage(line: splitter) { handle(message) }
+                splitter.removeAll(keepingCapacity: true)
+                skipping = false
+            }
+        }
+        // The coordinator is gone: stop at the next boundary; nothing can be aligned or committed.
+        state.withLock {
+            if stopState.decision == .undecided { stopState.decision = .at(nil) }
+            pending.store(true, ordering: .sequentiallyConsistent)
+            state.broadcast()
+        }
+    }
+
+    private func handle(_ message: CoordinatorMessage) {
+        switch message {
+        case .stop(let id, let trigger):
+            let position: Int? = state.withLock {
+                // The flag first, then the position: a boundary that misses the flag has stored its
+                // step already, so the answer covers it (and T is beyond it).
+                pending.store(true, ordering: .sequentiallyConsistent)
+                let step = lastStep.load(ordering: .sequentiallyConsistent)
+                let position = step == Rank.noStep ? nil : step
+                stopState.answered = .some(position)
+                stopState.trigger = trigger
+                return position
+            }
+            send(RankMessage.position(id: id, step: position).line)
+        case .stopAt(_, let step):
+            state.withLock {
+                stopState.decision = .at(step)
+                state.broadcast()
+            }
+        case .committed(let step):
+            state.withLock { stopState.committedStep = step }
+        }
+    }
+
+    private func send(_ line: String) {
+        writeLock.withLock { _ in
+            var line = line
+            line.withUTF8 { bytes in
+                var offset = 0
+                while offset < bytes.count {
+                    let written = write(channel, bytes.baseAddress! + offset, bytes.count - offset)
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        return
+                    }
+                    offset += written
+                }
+            }
+        }
+    }
+
+    // MARK: - Standalone
+
+    private func watchControlFile(_ path: String) {
+        var lastIdentity: [Int] = []
+        var lastProblem: String?
+        while true {
+            var info = stat()
+            let identity = stat(path, &info) == 0
+                ? [Int(info.st_ino), Int(info.st_size), Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec)]
+                : []
+            if identity != lastIdentity {
+                lastIdentity = identity
+                var problem: String?
+                if !identity.isEmpty, let data = FileManager.default.contents(atPath: path) {
+                    switch ControlFileState(contents: data) {
+                    case .requestsExit:
+                        state.withLock {
+                            if stopState.trigger == nil { stopState.trigger = "control-file" }
+                            pending.store(true, ordering: .sequentiallyConsistent)
+                        }
+                        return
+                    case .clear: break
+                    case .invalid(let reason): problem = reason
+                    }
+                }
+                if let problem, problem != lastProblem {
+                    FileHandle.standardError.write(Data("graceful: warning: control file \(path): \(problem); ignored\n".utf8))
+                }
+                lastProblem = problem
+            }
+            usleep(500_000)
+        }
+    }
+
+    private func signalName(_ signal: Int32) -> String {
+        signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "signal \(signal)"
+    }
+}
