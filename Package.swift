@@ -25,7 +25,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GracefulTests",
-            dependencies: ["Graceful", "GracefulProtocol", "GracefulRank", "graceful", "swift-rank-example"]
+            dependencies: ["CGraceful", "Graceful", "GracefulProtocol", "graceful", "swift-rank-example"]
         ),
     ],
     swiftLanguageModes: [.v6]

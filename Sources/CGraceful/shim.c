@@ -168,6 +168,12 @@ int graceful_signal_is_ignored(int sig) {
     return current.sa_handler == SIG_IGN;
 }
 
+void graceful_unblock_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
 void graceful_ensure_stdio(void) {
     for (int fd = 0; fd <= 2; fd++) {
         if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {

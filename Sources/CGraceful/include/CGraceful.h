@@ -29,6 +29,9 @@ int graceful_signal_ignore(int sig);
 /// 1 when `sig` is currently ignored (SIG_IGN), else 0.
 int graceful_signal_is_ignored(int sig);
 
+/// Empties the calling thread's signal mask: a parent may have started the coordinator with stop
+/// signals blocked (Foundation.Process from a worker thread does), which would silently defeat them.
+void graceful_unblock_signals(void);
 /// Opens /dev/null on any of descriptors 0, 1, 2 that is closed, so no later descriptor lands there.
 void graceful_ensure_stdio(void);
 /// Raises the soft limit of open files to the hard limit; returns the new soft limit.

@@ -35,6 +35,7 @@ public final class Supervisor {
     /// Runs to the end and returns the exit code for `graceful`.
     public func run() -> Int32 {
         graceful_ensure_stdio()
+        graceful_unblock_signals()
         switch prepare() {
         case .failure(let code):
             return code

@@ -34,6 +34,11 @@ struct Options {
     }
 }
 
+/// A line on stdout now: a pipe would otherwise hold it in a buffer until exit.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("error: \(message)\n".utf8))
     exit(64)
@@ -58,7 +63,7 @@ if let path = rank.resumePath, let step = rank.resumeStep {
     value = saved
     first = step + 1
 }
-print("rank \(rank.rank)/\(rank.worldSize): starting at step \(first)")
+say("rank \(rank.rank)/\(rank.worldSize): starting at step \(first)")
 
 for step in first...max(first, options.steps) where step <= options.steps {
     value = advance(value, step: step, rank: rank.rank)
@@ -69,9 +74,9 @@ for step in first...max(first, options.steps) where step <= options.steps {
         try "\(value)\n".write(toFile: temporary, atomically: false, encoding: .utf8)
         _ = rename(temporary, path)
         rank.checkpointed(step: step, path: path)
-        print("rank \(rank.rank): stopped after step \(step) (\(rank.trigger ?? "?")), checkpoint \(path)")
+        say("rank \(rank.rank): stopped after step \(step) (\(rank.trigger ?? "?")), checkpoint \(path)")
         exit(0)
     }
 }
 try "\(value)\n".write(toFile: "\(options.checkpointDirectory)/final_rank\(rank.rank).txt", atomically: true, encoding: .utf8)
-print("rank \(rank.rank): finished \(options.steps) steps, value \(value)")
+say("rank \(rank.rank): finished \(options.steps) steps, value \(value)")

@@ -1,0 +1,71 @@
+import Testing
+
+@testable import Graceful
+
+@Suite struct CommandLineInterfaceTests {
+    func run(_ arguments: [String]) throws -> RunConfiguration {
+        guard case .run(let configuration) = try CommandLineInterface.parse(arguments) else {
+            throw CommandLineInterface.UsageError(message: "not a run")
+        }
+        return configuration
+    }
+
+    @Test func parsesEveryOptionAndTheCommand() throws {
+        let configuration = try run([
+            "run", "-n", "4", "--run-dir", "out", "--control-file=ctl.json", "--grace", "12.5", "--kill-after", "3",
+            "--master-addr", "10.1.1.1", "--master-port", "29501", "--run-id", "job7", "--", "python3", "train.py", "--steps", "5",
+        ])
+        #expect(configuration.ranks == 4)
+        #expect(configuration.runDirectory == "out")
+        #expect(configuration.controlFile == "ctl.json")
+        #expect(configuration.policy.grace == 12.5)
+        #expect(configuration.policy.killAfter == 3)
+        #expect(configuration.masterAddress == "10.1.1.1")
+        #expect(configuration.masterPort == 29501)
+        #expect(configuration.runID == "job7")
+        #expect(configuration.command == ["python3", "train.py", "--steps", "5"])
+    }
+
+    @Test(arguments: [
+        ["--nproc-per-node", "3"], ["--nproc_per_node=3"], ["--local_worker_num", "3"], ["-n3"], ["--ranks=3"],
+    ])
+    func torchrunAndMsrunSpellingsOfTheRankCount(_ option: [String]) throws {
+        #expect(try run(["run"] + option + ["python3", "x.py"]).ranks == 3)
+    }
+
+    @Test func msrunSpellings() throws {
+        let configuration = try run(["run", "--master_addr", "h", "--master_port=1234", "--log_dir", "logs", "x"])
+        #expect(configuration.masterAddress == "h" && configuration.masterPort == 1234 && configuration.runDirectory == "logs")
+    }
+
+    @Test func theCommandStartsAtTheFirstNonOption() throws {
+        #expect(try run(["run", "-n", "2", "python3", "-u", "t.py", "-n", "9"]).command == ["python3", "-u", "t.py", "-n", "9"])
+    }
+
+    @Test(arguments: [
+        ["run"], ["run", "-n", "2"], ["run", "-n"], ["run", "-n", "0", "x"], ["run", "-n", "two", "x"],
+        ["run", "--grace", "-1", "x"], ["run", "--grace", "nan", "x"], ["run", "--kill-after", "soon", "x"],
+        ["run", "--master-port", "70000", "x"], ["run", "--bogus", "x"], ["run", "--run-dir", "", "x"],
+        ["run", "--control-file", "dir/", "x"], ["launch"], ["--bogus"], ["run", "--", ""],
+    ])
+    func usageErrorsAreOneLine(_ arguments: [String]) {
+        do {
+            _ = try CommandLineInterface.parse(arguments)
+            Issue.record("\(arguments) parsed")
+        } catch {
+            #expect(!error.message.isEmpty && !error.message.contains("\n"))
+        }
+    }
+
+    @Test func helpDocumentsEveryOption() throws {
+        guard case .help(let text) = try CommandLineInterface.parse(["run", "--help"]) else {
+            Issue.record("no help")
+            return
+        }
+        for option in ["--ranks", "--nproc-per-node", "--local_worker_num", "--run-dir", "--log_dir", "--control-file",
+                       "--grace", "--kill-after", "--master-addr", "--master_port", "--run-id", "EXIT CODES"] {
+            #expect(text.contains(option), "help lacks \(option)")
+        }
+        #expect(try CommandLineInterface.parse(["--help"]) == .help(CommandLineInterface.overview))
+    }
+}

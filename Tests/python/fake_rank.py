@@ -1,0 +1,104 @@
+"""A rank whose training loop the tests drive line by line through stdin.
+
+Commands (one per line on stdin):
+  N           run N steps, each ending at a boundary
+  run SECS    run steps 10 ms apart until a stop or SECS seconds have passed
+  time N      time N calls of should_stop with nothing pending
+  checkpointed STEP   call rank.checkpointed(STEP, None)
+  info        report the client's state
+Reports go to stdout, one JSON object per line: {"at": s} just before should_stop(s),
+{"boundary": s, "stop": bool} after it, and one object per other command. On a stop the script
+calls checkpointed(s, "ckpt/step_<s>") and exits 0, unless --keep-going. A KeyboardInterrupt is
+reported as {"keyboard_interrupt": true} with exit status 3.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "examples", "python"))
+
+import graceful_exit  # noqa: E402
+
+
+def report(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def info(rank, channel_fd):
+    return {
+        "fd_in_environ": "GRACEFUL_CHANNEL_FD" in os.environ,
+        "fd_inheritable": os.get_inheritable(int(channel_fd)) if rank.coordinated else None,
+        "coordinated": rank.coordinated,
+        "rank": rank.rank, "world_size": rank.world_size, "local_rank": rank.local_rank,
+        "resume_step": rank.resume_step, "resume_path": rank.resume_path,
+        "stop_step": rank.stop_step, "trigger": rank.trigger,
+        "committed_step": rank.committed_step, "same_instance": graceful_exit.Rank() is rank,
+    }
+
+
+def boundary(rank, step, keep_going):
+    report(at=step)
+    stop = rank.should_stop(step)
+    report(boundary=step, stop=stop)
+    if stop:
+        rank.checkpointed(step, f"ckpt/step_{step}")
+        report(checkpointed=step, stop_step=rank.stop_step, trigger=rank.trigger)
+        if not keep_going:
+            sys.exit(0)
+    return stop
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keep-going", action="store_true")
+    parser.add_argument("--poll", type=float, help="seconds between control-file checks")
+    parser.add_argument("--control-file")
+    args = parser.parse_args()
+    if args.poll is not None:
+        graceful_exit.CONTROL_FILE_POLL = args.poll
+    channel_fd = os.environ.get("GRACEFUL_CHANNEL_FD")
+    rank = graceful_exit.Rank(control_file=args.control_file)
+    report(ready=info(rank, channel_fd))
+    step = 0
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "run":
+            deadline = time.monotonic() + float(words[1])
+            stopped = False
+            while not stopped and time.monotonic() < deadline:
+                step += 1
+                stopped = rank.should_stop(step)
+                time.sleep(0.01)
+            report(ran=step, stopped=stopped, trigger=rank.trigger)
+        elif words[0] == "time":
+            count = int(words[1])
+            should_stop = rank.should_stop
+            start = time.perf_counter_ns()
+            for i in range(step + 1, step + 1 + count):
+                should_stop(i)
+            elapsed = time.perf_counter_ns() - start
+            step += count
+            report(ns_per_call=elapsed / count)
+        elif words[0] == "checkpointed":
+            rank.checkpointed(int(words[1]), None)
+            report(checkpointed_returned=True)
+        elif words[0] == "info":
+            report(info=info(rank, channel_fd))
+        else:
+            for _ in range(int(words[0])):
+                step += 1
+                boundary(rank, step, args.keep_going)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        report(keyboard_interrupt=True)
+        sys.exit(3)

@@ -1,0 +1,131 @@
+"""Helpers shared by the Python tests: processes whose output is awaited line by line, and the
+coordinator's end of a rank's channel."""
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+EXAMPLES = os.path.join(ROOT, "examples", "python")
+FAKE_RANK = os.path.join(HERE, "fake_rank.py")
+TRAIN = os.path.join(EXAMPLES, "train.py")
+
+# Seconds any single wait may take: a guard against a hung test, never a synchronisation.
+GUARD = 30.0
+
+_JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env(**extra):
+    """The test's environment without anything that would tell a rank it is part of a job."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("GRACEFUL_") and key not in _JOB_VARIABLES}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+class Lines:
+    """Pumps a stream into a queue from a thread, so a test can await one line with a guard."""
+
+    def __init__(self, stream):
+        self.queue = queue.Queue()
+        self.all = []
+        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, stream):
+        for line in stream:
+            self.all.append(line)
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def next(self, timeout=GUARD):
+        """The next line, or None at end of stream; raises queue.Empty after `timeout`."""
+        return self.queue.get(timeout=timeout)
+
+    def text(self):
+        """Everything read, once the stream has ended."""
+        self.thread.join(GUARD)
+        return "".join(self.all)
+
+
+class Channel:
+    """The coordinator's end of a rank's channel."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sock.settimeout(GUARD)
+        self.pending = b""
+
+    def send(self, message):
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def receive(self):
+        while b"\n" not in self.pending:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the rank closed its channel")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self):
+        self.sock.close()
+
+
+class Child:
+    """A process with stdin, stdout and stderr piped and, with `channel`, a channel as the
+    coordinator gives it. Killed and reaped when the test ends."""
+
+    def __init__(self, argv, test, channel=True, env=None, cwd=None):
+        extra = dict(env or {})
+        pass_fds = ()
+        ours = theirs = None
+        if channel:
+            ours, theirs = socket.socketpair()
+            extra["GRACEFUL_CHANNEL_FD"] = theirs.fileno()
+            pass_fds = (theirs.fileno(),)
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True,
+                                        env=clean_env(**extra), cwd=cwd, pass_fds=pass_fds)
+        if theirs is not None:
+            theirs.close()
+        self.stdout = Lines(self.process.stdout)
+        self.stderr = Lines(self.process.stderr)
+        self.channel = Channel(ours) if ours else None
+        test.addCleanup(self._reap)
+
+    def write(self, line):
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def wait(self):
+        """Closes stdin and returns the exit status."""
+        self.process.stdin.close()
+        return self.process.wait(GUARD)
+
+    def _reap(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(GUARD)
+        self.stdout.thread.join(GUARD)
+        self.stderr.thread.join(GUARD)
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        if self.channel is not None:
+            self.channel.close()
+
+
+def python(*args):
+    return [sys.executable, *args]

@@ -1,0 +1,356 @@
+"""Stop every rank of a training job after the same step, and checkpoint there.
+
+Usage::
+
+    from graceful_exit import Rank
+
+    rank = Rank()
+    start = 1
+    if rank.resume_path:                      # set when `graceful` committed a checkpoint
+        load_state(rank.resume_path)
+        start = rank.resume_step + 1
+    for step in range(start, steps + 1):
+        train_one_step(step)
+        if rank.should_stop(step):            # at every step boundary, right after `step`
+            path = save_state(step)
+            rank.checkpointed(step, path)
+            sys.exit(0)
+
+Under the `graceful` coordinator (GRACEFUL_CHANNEL_FD is set) the client speaks the rank protocol
+of docs/PROTOCOL.md: a reader thread answers each stop request at once with the rank's last
+boundary, and `should_stop` returns True exactly at the stop step T the coordinator chose, so all
+ranks run the same steps and none is left alone in a collective. Anywhere else (plain `python`,
+`torchrun`) it returns True at the next boundary after SIGINT, SIGTERM, or a control file holding
+{"GracefulExit": 1} (MindSpore's convention; "graceful_exit.json" in the working directory unless
+GRACEFUL_CONTROL_FILE or the constructor says otherwise); a second SIGINT raises KeyboardInterrupt.
+
+Guarantees:
+
+- While nothing is pending, `should_stop` makes no system call and costs well under a microsecond.
+- It blocks only at the first boundary after the rank answered a stop request, and only until the
+  coordinator sends T or goes away. Once it has returned True it keeps returning True.
+- `checkpointed` never raises because the coordinator is gone.
+- `Rank()` is a per-process singleton (later calls return the first instance and ignore their
+  arguments): it owns the channel, and removes GRACEFUL_CHANNEL_FD from os.environ and makes the
+  descriptor non-inheritable so that child processes neither claim nor hold it.
+
+Python 3.9+, standard library only.
+"""
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+__all__ = ["Rank"]
+
+PROTOCOL = 1
+MAX_LINE = 65536
+# Seconds between two stats of the control file (standalone mode).
+CONTROL_FILE_POLL = 0.5
+
+_UNKNOWN = object()  # T before stop_at arrives, and the answer before any stop request
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+_instance = None
+_instance_lock = threading.Lock()
+
+
+def _say(message):
+    # os.write, not print: this also runs in signal handlers, which must not re-enter sys.stderr.
+    try:
+        os.write(2, ("graceful_exit: " + message + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _env_int(name, default):
+    text = os.environ.get(name, "")
+    if text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer") from None
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Rank:
+    """This process's view of the job; see the module docstring."""
+
+    __slots__ = (
+        "rank", "world_size", "local_rank", "resume_step", "resume_path",
+        "_position", "_attention", "_stop_now", "_stopped", "_t", "_answered", "_stop_step",
+        "_trigger", "_committed", "_cond", "_write_lock", "_sock",
+        "_control_file", "_control_key", "_warned",
+    )
+
+    def __new__(cls, control_file=None):
+        global _instance
+        with _instance_lock:
+            if _instance is None:
+                self = super().__new__(cls)
+                self._start(control_file)
+                _instance = self
+            return _instance
+
+    def _start(self, control_file):
+        self.rank = _env_int("RANK", 0)
+        self.world_size = _env_int("WORLD_SIZE", 1)
+        self.local_rank = _env_int("LOCAL_RANK", 0)
+        self.resume_step = _env_int("GRACEFUL_RESUME_STEP", None)
+        self.resume_path = os.environ.get("GRACEFUL_RESUME_PATH") or None
+        # _position is stored at every boundary; _attention is the one flag the fast path tests,
+        # set whenever anything (a request, T, end of file, a trigger) needs the slow path.
+        self._position = None
+        self._attention = False
+        self._stop_now = False
+        self._stopped = False
+        self._t = _UNKNOWN
+        self._answered = _UNKNOWN
+        self._stop_step = None
+        self._trigger = None
+        self._committed = None
+        self._cond = threading.Condition(threading.Lock())
+        self._write_lock = threading.Lock()
+        self._warned = set()
+        self._control_file = None
+        self._control_key = None
+        self._sock = None
+        fd_text = os.environ.pop("GRACEFUL_CHANNEL_FD", None)
+        if fd_text is not None:
+            self._sock = self._open_channel(fd_text)
+        if self._sock is not None:
+            self._send({"type": "hello", "protocol": PROTOCOL, "pid": os.getpid()})
+            threading.Thread(target=self._read_channel, name="graceful-exit-channel",
+                             daemon=True).start()
+        else:
+            self._start_standalone(control_file)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def coordinated(self):
+        """True when running under the coordinator."""
+        return self._sock is not None
+
+    @property
+    def stop_step(self):
+        """T once known, else None. Without a numeric T (standalone, stop_at null, coordinator
+        gone) it is the boundary where should_stop returned True. A rank that was already past T
+        stops later than stop_step."""
+        return self._stop_step
+
+    @property
+    def trigger(self):
+        """What requested the stop ("SIGINT", "SIGTERM", "control-file", ..., or
+        "channel-closed" when the coordinator went away), or None."""
+        return self._trigger
+
+    @property
+    def committed_step(self):
+        """The last step the coordinator reported committed, or None."""
+        return self._committed
+
+    def should_stop(self, step):
+        """Call at every step boundary, right after finishing `step`. True: save, call
+        checkpointed(step, path), exit."""
+        self._position = step
+        if self._attention:
+            return self._decide(step)
+        return False
+
+    def checkpointed(self, step, path):
+        """Report that the state after `step` was saved at `path` (str, path-like or None)."""
+        if self._sock is not None:
+            path = None if path is None else os.fspath(path)
+            self._send({"type": "checkpointed", "step": int(step), "path": path})
+
+    # -- the decision -------------------------------------------------------------------------
+
+    def _decide(self, step):
+        with self._cond:
+            while not self._stopped:
+                t = self._t
+                if _is_int(t) and step >= t:
+                    # step == T, or past T (rule 5): either way this boundary is the one to save.
+                    self._stopped = True
+                elif self._stop_now or t is None:
+                    self._stop_step = step
+                    self._stopped = True
+                elif t is not _UNKNOWN:
+                    return False
+                elif self._answered is not _UNKNOWN and (
+                        self._answered is None or step > self._answered):
+                    # Rule 3: the first boundary after the answered one waits for T. T >= every
+                    # answered position + 1, so no other rank needs this one to go further.
+                    self._cond.wait()
+                else:
+                    return False
+            return True
+
+    # -- coordinator mode ---------------------------------------------------------------------
+
+    def _open_channel(self, fd_text):
+        try:
+            sock = socket.socket(fileno=int(fd_text))
+        except (ValueError, OSError) as error:
+            _say(f"GRACEFUL_CHANNEL_FD={fd_text!r} is not a usable socket ({error}); "
+                 "running standalone")
+            return None
+        sock.settimeout(None)  # ignore socket.setdefaulttimeout(): the reader blocks by design
+        sock.set_inheritable(False)
+        return sock
+
+    def _send(self, message):
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        try:
+            with self._write_lock:
+                self._sock.sendall(data, _NOSIGNAL)
+        except OSError:
+            pass  # the coordinator is gone; the reader sees end of file and stops the rank
+
+    def _read_channel(self):
+        pending = b""
+        discarding = False  # inside a line longer than MAX_LINE
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            while True:
+                end = pending.find(b"\n")
+                if end < 0:
+                    break
+                line, pending = pending[:end], pending[end + 1:]
+                if not discarding and len(line) <= MAX_LINE:
+                    self._handle(line)
+                discarding = False
+            if len(pending) > MAX_LINE:
+                pending = b""
+                discarding = True
+        with self._cond:
+            if self._trigger is None:
+                self._trigger = "channel-closed"
+            self._stop_now = True
+            self._attention = True
+            self._cond.notify_all()
+
+    def _handle(self, line):
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "stop":
+            trigger = message.get("trigger")
+            with self._cond:
+                if self._trigger is None and isinstance(trigger, str):
+                    self._trigger = trigger
+                # Raise the flag before reading the position: should_stop stores the position
+                # before testing the flag, so a boundary that missed the flag is in the answer.
+                self._attention = True
+                position = self._position
+                self._answered = position
+            self._send({"type": "position", "id": message.get("id"), "step": position})
+        elif kind == "stop_at":
+            t = message.get("step")
+            if t is None or _is_int(t):
+                with self._cond:
+                    self._t = t
+                    if t is not None:
+                        self._stop_step = t
+                    self._attention = True
+                    self._cond.notify_all()
+        elif kind == "committed":
+            step = message.get("step")
+            if _is_int(step):
+                self._committed = step
+
+    # -- standalone mode ----------------------------------------------------------------------
+
+    def _start_standalone(self, control_file):
+        path = control_file or os.environ.get("GRACEFUL_CONTROL_FILE") or "graceful_exit.json"
+        self._control_file = os.path.abspath(os.fspath(path))
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                # An ignored signal stays ignored, as Python itself leaves it (nohup, background).
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, self._on_signal)
+        self._check_control_file()  # an exit requested already counts at the first boundary
+        threading.Thread(target=self._watch_control_file, name="graceful-exit-control-file",
+                         daemon=True).start()
+
+    def _request(self, trigger):
+        # No lock: this runs in signal handlers, possibly while the main thread holds _cond.
+        if self._trigger is None:
+            self._trigger = trigger
+        self._stop_now = True
+        self._attention = True
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self._stop_now:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        self._request(name)
+        hint = " (press Ctrl+C again to abort)" if signum == signal.SIGINT else ""
+        _say(f"{name} received: stopping at the next step boundary{hint}")
+
+    def _warn_once(self, problem, message):
+        if problem not in self._warned:
+            self._warned.add(problem)
+            _say(message)
+
+    def _watch_control_file(self):
+        while not self._stop_now:
+            time.sleep(CONTROL_FILE_POLL)
+            self._check_control_file()
+
+    def _check_control_file(self):
+        path = self._control_file
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._control_key = None
+            return
+        except OSError as error:
+            self._warn_once(("stat", error.errno), f"cannot stat {path}: {error.strerror}")
+            return
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if key == self._control_key:
+            return
+        self._control_key = key
+        try:
+            with open(path, "rb") as f:
+                content = json.load(f)
+        except OSError as error:
+            self._control_key = None  # try again at the next poll
+            self._warn_once(("read", error.errno), f"cannot read {path}: {error.strerror}")
+            return
+        except (ValueError, RecursionError):
+            self._warn_once("json", f"{path} is not valid JSON; ignoring it")
+            return
+        if not isinstance(content, dict):
+            self._warn_once("top", f"{path} does not hold a JSON object; ignoring it")
+            return
+        if "GracefulExit" not in content:
+            self._warn_once("key", f'{path} has no "GracefulExit" key; ignoring it')
+            return
+        value = content["GracefulExit"]
+        if value == 1:  # MindSpore's test: 1, 1.0 and true request an exit
+            self._request("control-file")
+            _say(f"{path} requests an exit: stopping at the next step boundary")
+        elif not (isinstance(value, (int, float)) and value == 0):
+            shown = json.dumps(value)
+            self._warn_once(("value", shown),
+                            f'{path}: "GracefulExit" is {shown}; only 1 requests an exit')

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Data-parallel training with PyTorch DDP on CPU (gloo), stopped with graceful_exit.Rank.
+
+The same toy job as train.py: linear regression, each rank's batch drawn from a generator seeded by
+(seed, step, rank) alone, gradients averaged by DDP in backward(). Under the graceful coordinator
+every rank stops after the same step T and saves <checkpoint-dir>/rank<R>/step_<T>.pt; run alone
+(WORLD_SIZE unset), Ctrl+C or a control file {"GracefulExit": 1} stops it at the next step.
+Needs PyTorch 1.13 or later; without it, it says so and exits 0.
+
+    python3 examples/python/torch_ddp.py --steps 2000 --checkpoint-dir checkpoints
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+from graceful_exit import Rank
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2000, help="last step to run (default 2000)")
+    parser.add_argument("--dim", type=int, default=16, help="number of features (default 16)")
+    parser.add_argument("--step-time", type=float, default=0.02,
+                        help="seconds of simulated compute per step (default 0.02)")
+    parser.add_argument("--checkpoint-dir", default="checkpoints",
+                        help="where checkpoints go (default checkpoints)")
+    parser.add_argument("--log-every", type=int, default=100,
+                        help="rank 0 prints the loss every N steps; 0: never (default 100)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="examples per rank per step (default 32)")
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data and model (default 0)")
+    args = parser.parse_args()
+    if args.steps < 0 or args.dim < 1 or args.batch < 1 or args.step_time < 0 or args.log_every < 0:
+        parser.error("--steps, --step-time and --log-every must be >= 0; --dim and --batch >= 1")
+    return args
+
+
+def data_seed(seed, step, rank):
+    # A digest, not hash(): the same batch in every run and every process. 63 bits fit manual_seed.
+    digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def save_atomically(torch, path, state):
+    """torch.save to a temporary file in the same directory, fsync, rename over `path`, fsync the
+    directory: a crash leaves the old file or the new one, never a torn one."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def train(args, rank, torch, ddp_class):
+    who = f"rank {rank.rank}/{rank.world_size}"
+    torch.manual_seed(args.seed)  # the same initial model on every rank
+    model = torch.nn.Linear(args.dim, 1, dtype=torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    first = 1
+    if rank.resume_path:
+        state = torch.load(rank.resume_path, map_location="cpu", weights_only=True)
+        if state["step"] != rank.resume_step:
+            print(f"{who}: error: {rank.resume_path} holds step {state['step']}, but "
+                  f"GRACEFUL_RESUME_STEP is {rank.resume_step}", file=sys.stderr)
+            return 1
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first = rank.resume_step + 1
+        print(f"{who}: resuming from {rank.resume_path} (step {rank.resume_step})", flush=True)
+    else:
+        print(f"{who}: starting at step 1", flush=True)
+    ddp = ddp_class(model)
+
+    truth = torch.Generator().manual_seed(args.seed)
+    true_weights = torch.randn(args.dim, generator=truth, dtype=torch.float64)
+    true_bias = torch.randn(1, generator=truth, dtype=torch.float64)
+
+    for step in range(first, args.steps + 1):
+        if args.step_time > 0:
+            time.sleep(args.step_time)
+        data = torch.Generator().manual_seed(data_seed(args.seed, step, rank.rank))
+        x = torch.randn(args.batch, args.dim, generator=data, dtype=torch.float64)
+        noise = torch.randn(args.batch, generator=data, dtype=torch.float64)
+        y = x @ true_weights + true_bias + 0.01 * noise
+        optimizer.zero_grad()
+        loss = 0.5 * torch.nn.functional.mse_loss(ddp(x).squeeze(1), y)
+        loss.backward()  # DDP averages the gradients over the ranks here
+        optimizer.step()
+        if rank.rank == 0 and args.log_every and step % args.log_every == 0:
+            print(f"step {step}: loss {loss.item():.6g}", flush=True)
+        if rank.should_stop(step):
+            path = os.path.join(args.checkpoint_dir, f"rank{rank.rank}", f"step_{step}.pt")
+            save_atomically(torch, path, checkpoint(step, rank, model, optimizer))
+            rank.checkpointed(step, path)
+            print(f"{who}: stopped after step {step} ({rank.trigger}), saved {path}", flush=True)
+            return 0
+    path = os.path.join(args.checkpoint_dir, f"final_rank{rank.rank}.pt")
+    save_atomically(torch, path, checkpoint(args.steps, rank, model, optimizer))
+    print(f"{who}: finished {args.steps} steps, saved {path}", flush=True)
+    return 0
+
+
+def checkpoint(step, rank, model, optimizer):
+    return {"step": step, "rank": rank.rank, "world_size": rank.world_size,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def main():
+    args = parse_args()
+    try:
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+    except ImportError:
+        print("skipped: PyTorch is not installed (pip install torch)", file=sys.stderr)
+        return 0
+    rank = Rank()  # before the rendezvous, so that a stop during it is answered at once
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group("gloo")  # MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+    else:
+        # Alone (plain python): a one-rank group needs no rendezvous.
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        return train(args, rank, torch, DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
