@@ -168,6 +168,81 @@ int graceful_signal_is_ignored(int sig) {
     return current.sa_handler == SIG_IGN;
 }
 
+int graceful_become_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 ? 0 : errno;
+}
+
+int graceful_reap_any(int *status) {
+    pid_t result;
+    do { result = waitpid(-1, status, WNOHANG); } while (result < 0 && errno == EINTR);
+    return result;
+}
+
+#define GUARD_MAX_GROUPS 65536
+
+pid_t graceful_start_guard(int *write_fd) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    long open_max = sysconf(_SC_OPEN_MAX);
+    int max_fd = open_max > 0 && open_max < 1048576 ? (int)open_max : 1048576;
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t pid = fork();
+    if (pid == 0) {
+        // The guard: async-signal-safe calls only (the coordinator may have threads).
+        struct sigaction ignore;
+        memset(&ignore, 0, sizeof ignore);
+        ignore.sa_handler = SIG_IGN;
+        sigemptyset(&ignore.sa_mask);
+        for (int sig = 1; sig < NSIG; sig++) {
+            if (sig != SIGKILL && sig != SIGSTOP && sig != SIGCHLD) sigaction(sig, &ignore, NULL);
+        }
+        setsid();
+        int input = fds[0];
+        if (input != 3) {
+            dup2(input, 3);
+            input = 3;
+        }
+        close_from(0, 2, max_fd);
+        close_from(4, ~0U >> 1, max_fd);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        static int32_t groups[GUARD_MAX_GROUPS];
+        int count = 0;
+        for (;;) {
+            int32_t value;
+            ssize_t got;
+            do { got = read(input, &value, sizeof value); } while (got < 0 && errno == EINTR);
+            if (got != (ssize_t)sizeof value) break;
+            if (value == 0) _exit(0);
+            if (value > 0) {
+                if (count < GUARD_MAX_GROUPS) groups[count++] = value;
+            } else {
+                for (int i = 0; i < count; i++) {
+                    if (groups[i] == -value) {
+                        groups[i] = groups[--count];
+                        break;
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < count; i++) kill(-groups[i], SIGKILL);
+        _exit(0);
+    }
+    int fork_error = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(fds[0]);
+    if (pid < 0) {
+        close(fds[1]);
+        errno = fork_error;
+        return -1;
+    }
+    *write_fd = fds[1];
+    return pid;
+}
+
 void graceful_unblock_signals(void) {
     sigset_t none;
     sigemptyset(&none);

@@ -100,6 +100,10 @@ public enum CoordinatorMessage: Equatable, Sendable {
     case stop(id: Int, trigger: String)
     /// The stop step for request `id` (`nil`: stop at the next boundary).
     case stopAt(id: Int, step: Int?)
+    /// Checkpoint request `id` (save at one aligned step and keep training); answer with `position`.
+    case checkpoint(id: Int, trigger: String)
+    /// The checkpoint step for request `id` (`nil`: at the next boundary).
+    case checkpointAt(id: Int, step: Int?)
     /// The coordinator recorded `step` as the consistent checkpoint.
     case committed(step: Int)
 
@@ -110,6 +114,10 @@ public enum CoordinatorMessage: Equatable, Sendable {
             return "{\"type\":\"stop\",\"id\":\(id),\"trigger\":\(JSONEncoding.quoted(trigger))}\n"
         case .stopAt(let id, let step):
             return "{\"type\":\"stop_at\",\"id\":\(id),\"step\":\(JSONEncoding.number(step))}\n"
+        case .checkpoint(let id, let trigger):
+            return "{\"type\":\"checkpoint\",\"id\":\(id),\"trigger\":\(JSONEncoding.quoted(trigger))}\n"
+        case .checkpointAt(let id, let step):
+            return "{\"type\":\"checkpoint_at\",\"id\":\(id),\"step\":\(JSONEncoding.number(step))}\n"
         case .committed(let step):
             return "{\"type\":\"committed\",\"step\":\(step)}\n"
         }
@@ -124,6 +132,11 @@ public enum CoordinatorMessage: Equatable, Sendable {
             self = .stop(id: try requiredInt(value, type, "id"), trigger: trigger)
         case "stop_at":
             self = .stopAt(id: try requiredInt(value, type, "id"), step: try optionalInt(value, type, "step"))
+        case "checkpoint":
+            guard let trigger = value["trigger"]?.stringValue else { throw .badField(type: type, field: "trigger") }
+            self = .checkpoint(id: try requiredInt(value, type, "id"), trigger: trigger)
+        case "checkpoint_at":
+            self = .checkpointAt(id: try requiredInt(value, type, "id"), step: try optionalInt(value, type, "step"))
         case "committed":
             self = .committed(step: try requiredInt(value, type, "step"))
         default:

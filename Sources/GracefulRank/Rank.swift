@@ -42,20 +42,31 @@ public final class Rank: Sendable {
     private let channel: Int32
     private let lastStep = Atomic<Int>(Rank.noStep)
     private let pending = Atomic<Bool>(false)
+    private let checkpointPending = Atomic<Bool>(false)
     private let state = NSCondition()
     private nonisolated(unsafe) var stopState = StopState()
     private let writeLock = Mutex(())
 
     private static let noStep = Int.min
 
+    /// The client state machine of docs/PROTOCOL.md, shared with the Python client.
     private struct StopState {
-        enum Decision: Equatable {
-            case undecided
+        enum Target: Equatable {
+            case unknown
             case at(Int?)
         }
-        var answered: Int??
-        var decision = Decision.undecided
+        struct Request {
+            var isStop: Bool
+            var id: Int
+            /// The position sent in the answer (nil: no boundary yet).
+            var answered: Int?
+            var target = Target.unknown
+        }
+        var request: Request?
+        var stopStep: Int?
+        var checkpointDue: Int?
         var stopping = false
+        var channelClosed = false
         var committedStep: Int?
         var trigger: String?
     }
@@ -90,12 +101,7 @@ public final class Rank: Sendable {
     }
 
     /// The stop step once known.
-    public var stopStep: Int? {
-        state.withLock {
-            if case .at(let step) = stopState.decision { return step }
-            return nil
-        }
-    }
+    public var stopStep: Int? { state.withLock { stopState.stopStep } }
 
     /// The last step the coordinator reported committed.
     public var committedStep: Int? { state.withLock { stopState.committedStep } }
@@ -114,6 +120,19 @@ public final class Rank: Sendable {
         return decide(step: step)
     }
 
+    /// Call right after `shouldStop(step:)` returned false. True exactly at the step of a checkpoint
+    /// request: save the state of `step`, call `checkpointed(step:path:)`, and keep training.
+    @inline(__always)
+    public func shouldCheckpoint(step: Int) -> Bool {
+        guard checkpointPending.load(ordering: .relaxed) else { return false }
+        return state.withLock {
+            guard stopState.checkpointDue == step else { return false }
+            stopState.checkpointDue = nil
+            checkpointPending.store(false, ordering: .relaxed)
+            return true
+        }
+    }
+
     /// Tells the coordinator the state after `step` is saved at `path`. Never throws; a coordinator
     /// that is gone is ignored.
     public func checkpointed(step: Int, path: String?) {
@@ -130,21 +149,37 @@ public final class Rank: Sendable {
             let signal = graceful_rank_caught_signal()
             if signal != 0 && stopState.trigger == nil { stopState.trigger = signalName(signal) }
             stopState.stopping = true
+            stopState.stopStep = stopState.stopStep ?? step
             return true
         }
         while true {
             if stopState.stopping { return true }
-            switch stopState.decision {
-            case .at(.none):
+            if stopState.channelClosed {
                 stopState.stopping = true
+                stopState.stopStep = stopState.stopStep ?? step
                 return true
-            case .at(.some(let stopStep)):
-                if step >= stopStep { stopState.stopping = true }
-                return stopState.stopping
-            case .undecided:
+            }
+            guard let request = stopState.request else {
+                pending.store(false, ordering: .sequentiallyConsistent)
+                return false
+            }
+            switch request.target {
+            case .unknown:
                 // Until the boundary after the one answered, keep training; after it, wait for T.
-                if case .some(.some(let answered)) = stopState.answered, step <= answered { return false }
+                if let answered = request.answered, step <= answered { return false }
                 state.wait()
+            case .at(let target):
+                guard target.map({ step >= $0 }) ?? true else { return false }
+                if request.isStop {
+                    stopState.stopping = true
+                    if target == nil { stopState.stopStep = step }
+                    return true
+                }
+                stopState.checkpointDue = step
+                checkpointPending.store(true, ordering: .relaxed)
+                stopState.request = nil
+                pending.store(false, ordering: .sequentiallyConsistent)
+                return false
             }
         }
     }
@@ -169,7 +204,7 @@ public final class Rank: Sendable {
         }
         // The coordinator is gone: stop at the next boundary; nothing can be aligned or committed.
         state.withLock {
-            if stopState.decision == .undecided { stopState.decision = .at(nil) }
+            stopState.channelClosed = true
             pending.store(true, ordering: .sequentiallyConsistent)
             state.broadcast()
         }
@@ -178,24 +213,42 @@ public final class Rank: Sendable {
     private func handle(_ message: CoordinatorMessage) {
         switch message {
         case .stop(let id, let trigger):
-            let position: Int? = state.withLock {
-                // The flag first, then the position: a boundary that misses the flag has stored its
-                // step already, so the answer covers it (and T is beyond it).
-                pending.store(true, ordering: .sequentiallyConsistent)
-                let step = lastStep.load(ordering: .sequentiallyConsistent)
-                let position = step == Rank.noStep ? nil : step
-                stopState.answered = .some(position)
-                stopState.trigger = trigger
-                return position
-            }
-            send(RankMessage.position(id: id, step: position).line)
-        case .stopAt(_, let step):
-            state.withLock {
-                stopState.decision = .at(step)
-                state.broadcast()
-            }
+            answer(id: id, trigger: trigger, isStop: true)
+        case .checkpoint(let id, let trigger):
+            answer(id: id, trigger: trigger, isStop: false)
+        case .stopAt(let id, let step):
+            setTarget(id: id, step: step, isStop: true)
+        case .checkpointAt(let id, let step):
+            setTarget(id: id, step: step, isStop: false)
         case .committed(let step):
             state.withLock { stopState.committedStep = step }
+        }
+    }
+
+    private func answer(id: Int, trigger: String, isStop: Bool) {
+        let position: Int?? = state.withLock {
+            // A checkpoint request never replaces a stop request.
+            if !isStop, stopState.request?.isStop == true { return nil }
+            // The flag first, then the position: a boundary that misses the flag has stored its
+            // step already, so the answer covers it (and T is beyond it).
+            pending.store(true, ordering: .sequentiallyConsistent)
+            let step = lastStep.load(ordering: .sequentiallyConsistent)
+            let position = step == Rank.noStep ? nil : step
+            stopState.request = StopState.Request(isStop: isStop, id: id, answered: position)
+            if isStop { stopState.trigger = trigger }
+            return .some(position)
+        }
+        guard let position else { return }
+        send(RankMessage.position(id: id, step: position).line)
+    }
+
+    private func setTarget(id: Int, step: Int?, isStop: Bool) {
+        state.withLock {
+            guard var request = stopState.request, request.id == id, request.isStop == isStop else { return }
+            request.target = .at(step)
+            stopState.request = request
+            if isStop { stopState.stopStep = step }
+            state.broadcast()
         }
     }
 

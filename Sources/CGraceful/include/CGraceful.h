@@ -29,6 +29,21 @@ int graceful_signal_ignore(int sig);
 /// 1 when `sig` is currently ignored (SIG_IGN), else 0.
 int graceful_signal_is_ignored(int sig);
 
+/// Makes the coordinator the reaper of every orphan among its descendants (PR_SET_CHILD_SUBREAPER),
+/// so a rank's children that outlive it are still its to kill and reap. Returns 0 or errno.
+int graceful_become_subreaper(void);
+
+/// waitpid(-1, WNOHANG): the pid of some ended child (status stored), 0 if none ended, -1 with
+/// errno ECHILD when there is no child at all.
+int graceful_reap_any(int *status);
+
+/// Starts the guard: a forked process, in a session of its own and ignoring every catchable signal,
+/// that reads 32-bit process-group ids from a pipe (positive: watch, negative: forget, zero: the
+/// coordinator is done, exit quietly). When the pipe reaches end of file without a zero, the
+/// coordinator has died (even by SIGKILL): the guard sends SIGKILL to every group it watches and
+/// exits. Stores the pipe's write end (close-on-exec). Returns the guard's pid, or -1 with errno.
+pid_t graceful_start_guard(int *write_fd);
+
 /// Empties the calling thread's signal mask: a parent may have started the coordinator with stop
 /// signals blocked (Foundation.Process from a worker thread does), which would silently defeat them.
 void graceful_unblock_signals(void);

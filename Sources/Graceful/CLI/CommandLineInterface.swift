@@ -39,7 +39,8 @@ public enum CommandLineInterface {
         A stop is requested by SIGINT (Ctrl+C), SIGTERM, SIGUSR1, SIGHUP, or the control file holding
         {"GracefulExit": 1}. Ranks using the client stop after the same step, save, and confirm; the
         coordinator then commits <run-dir>/last_checkpoint.json, from which the next launch resumes.
-        A second signal sends SIGTERM to the ranks still running, a third SIGKILL.
+        A second signal sends SIGTERM to the ranks still running, a third SIGKILL. SIGUSR2 asks for a
+        consistent checkpoint without stopping.
 
         USAGE: graceful run [<options>] [--] <command> [<arguments> ...]
 
@@ -57,6 +58,15 @@ public enum CommandLineInterface {
           --grace <seconds>       How long ranks have, from the stop request, to confirm their
                                   checkpoint and exit before they get SIGTERM. (default: 30)
           --kill-after <seconds>  How long from SIGTERM to SIGKILL. (default: 10)
+          --max-restarts <n>      When a rank fails, stop the whole gang and relaunch it from the
+                                  last commit, up to n times. (default: 0) Also --max_restarts.
+          --restart-backoff <seconds>
+                                  Wait before the first restart, doubled for each further one, up
+                                  to 60 (or the first wait, if longer). (default: 1)
+          --checkpoint-every <seconds>
+                                  Ask every rank for a checkpoint at one aligned step, without
+                                  stopping, this long after launch and after each round ends.
+                                  SIGUSR2 asks for one at once. (default: never)
           --master-addr <addr>    MASTER_ADDR for the ranks. (default: 127.0.0.1)
                                   Also --master_addr.
           --master-port <port>    MASTER_PORT for the ranks. (default: a free port)
@@ -67,7 +77,7 @@ public enum CommandLineInterface {
 
         EXIT CODES:
           0    every rank exited 0, or a stop committed a consistent checkpoint
-          1    a rank failed while no stop was pending
+          1    a rank failed while no stop was pending (after --max-restarts restarts)
           2    a stop was requested but nothing could be committed
           64   usage error            65   unusable last_checkpoint.json
           71   system error           73   run directory not writable
@@ -99,6 +109,7 @@ public enum CommandLineInterface {
 
     private enum Option {
         case ranks, runDirectory, controlFile, grace, killAfter, masterAddress, masterPort, runID
+        case maxRestarts, restartBackoff, checkpointEvery
     }
 
     private static let spellings: [String: Option] = [
@@ -111,6 +122,9 @@ public enum CommandLineInterface {
         "--master-addr": .masterAddress, "--master_addr": .masterAddress,
         "--master-port": .masterPort, "--master_port": .masterPort,
         "--run-id": .runID, "--rdzv-id": .runID, "--rdzv_id": .runID,
+        "--max-restarts": .maxRestarts, "--max_restarts": .maxRestarts,
+        "--restart-backoff": .restartBackoff,
+        "--checkpoint-every": .checkpointEvery,
     ]
 
     private static func parseRun(_ arguments: [String]) throws(UsageError) -> Invocation {
@@ -176,6 +190,19 @@ public enum CommandLineInterface {
             configuration.policy.grace = try seconds(value, name: name)
         case .killAfter:
             configuration.policy.killAfter = try seconds(value, name: name)
+        case .maxRestarts:
+            guard let count = Int(value), (0...1_000_000).contains(count) else {
+                throw UsageError(message: "'\(name)' takes a whole number from 0 to 1000000, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.policy.maxRestarts = count
+        case .restartBackoff:
+            configuration.policy.restartBackoff = try seconds(value, name: name)
+        case .checkpointEvery:
+            let every = try seconds(value, name: name)
+            guard every > 0 else {
+                throw UsageError(message: "'\(name)' takes a number of seconds above 0, not '\(value)' (\(runUsageHint))")
+            }
+            configuration.policy.checkpointEvery = every
         case .masterAddress:
             guard !value.isEmpty, !value.contains(where: \.isWhitespace) else {
                 throw UsageError(message: "'\(name)' takes a host name or address, not '\(value)' (\(runUsageHint))")

@@ -1,77 +1,134 @@
 import GracefulProtocol
 
-/// The coordinator's decisions, as a state machine with no system calls: which stop step, when to
-/// commit, when to escalate, when the run is over and with which exit code.
+/// The coordinator's decisions, as a state machine with no system calls: which step to stop or
+/// checkpoint at, when to commit, when to escalate, when to restart, when the run is over and with
+/// which exit code.
 ///
 /// Feed it events with the current time; perform the returned actions in order. It never blocks and
 /// never reads a clock itself, so every decision can be tested with a fake clock.
 ///
 /// Guarantees:
 /// - it asks for a commit only when every rank speaking the protocol confirmed the same step (the
-///   stop step) and every other rank stopped cleanly, and at most once per run;
+///   round's step) and, for a stop, every other rank stopped cleanly; at most once per round;
 /// - every rank that has not ended `grace` seconds after a stop request gets SIGTERM, and SIGKILL
 ///   `killAfter` seconds after that; nothing is ever signalled after it ended;
+/// - a checkpoint round never signals anybody: it commits or is abandoned;
+/// - a stop (signal, control file) is never answered with a restart; a restart happens only after
+///   the whole old gang is gone, and at most `maxRestarts` times;
 /// - `.finish` comes exactly once, after every rank ended.
 public struct Coordinator: Sendable {
-    /// The state of a stop in progress.
-    public struct Stop: Equatable, Sendable {
-        public enum StopStep: Equatable, Sendable {
+    /// One request to every rank: stop, or checkpoint and keep training.
+    public struct Round: Equatable, Sendable {
+        public enum Kind: Equatable, Sendable {
+            case stop
+            case checkpoint
+        }
+
+        public enum Target: Equatable, Sendable {
             /// Collecting positions until every rank answered or `deadline`.
             case aligning(deadline: Instant)
-            /// The stop step; `nil` means "each rank's next boundary".
+            /// The round's step; `nil` means "each rank's next boundary".
             case decided(Int?)
         }
 
         public let id: Int
-        public let trigger: Trigger
+        public let kind: Kind
+        public let trigger: String
         public let requestedAt: Instant
-        public internal(set) var stopStep: StopStep
+        public internal(set) var target: Target
         public internal(set) var commitRequested = false
         public internal(set) var committedStep: Int?
         /// Why nothing can be committed, first reason first.
         public internal(set) var problems: [String] = []
-        /// Stop signals received after the one that started the stop (1: SIGTERM now, 2: SIGKILL now).
+
+        var decidedStep: Int?? {
+            if case .decided(let step) = target { return .some(step) }
+            return nil
+        }
+    }
+
+    /// A stop in progress.
+    public struct Stop: Equatable, Sendable {
+        public internal(set) var round: Round
+        /// Stop signals counted after the one that started the stop (1: SIGTERM now, 2: SIGKILL now).
         public internal(set) var hurry = 0
         /// The last signal that forced the teardown, for the exit code 128+N.
         public internal(set) var forcedBy: Int32?
         public internal(set) var graceExpired = false
+        /// When the last counted stop signal arrived, for the debounce.
+        var lastSignalAt: Instant?
+        /// The step of a checkpoint round this stop superseded: late confirmations of it are ignored.
+        var supersededStep: Int?
     }
 
-    /// The first rank that failed while no stop was pending.
+    /// The first rank that failed while no stop was pending, in one attempt.
     public struct Failure: Equatable, Sendable {
         public let rank: Int
         public let status: ExitStatus
     }
 
+    /// An attempt that ended, for the summary.
+    public struct Attempt: Equatable, Sendable {
+        public let restart: Int
+        public let failure: Failure?
+        public let ranks: [RankRecord]
+    }
+
     public enum Phase: Equatable, Sendable {
-        case running
+        /// Training; `checkpoint` is the checkpoint round in flight, if any.
+        case running(checkpoint: Round?)
         case stopping(Stop)
-        case failing(Failure)
+        /// Tearing the gang down after a failure; `stopRequested` forbids the restart.
+        case failing(Failure, stopRequested: Bool)
+        /// The failed gang is being cleared (`resumeAt` nil) or the backoff runs until `resumeAt`.
+        case restarting(resumeAt: Instant?)
         case finished(exitCode: Int32)
     }
 
     public let policy: StopPolicy
     public private(set) var ranks: [RankRecord]
-    public private(set) var phase: Phase = .running
-    /// The first rank that failed while no stop was pending; kept after the run finished.
+    public private(set) var phase: Phase = .running(checkpoint: nil)
+    /// Restarts done so far (the current attempt's number).
+    public private(set) var restarts = 0
+    /// The attempts that ended before the current one.
+    public private(set) var attempts: [Attempt] = []
+    /// The failure that ended the latest failed attempt; kept after the run finished.
     public private(set) var firstFailure: Failure?
-    private var nextStopID = 1
+    /// The step of the last commit (this run's or the one resumed from).
+    public private(set) var lastCommittedStep: Int?
+    private var nextRoundID = 1
+    private var attemptFailure: Failure?
+    private var nextCheckpointAt: Instant?
 
-    public init(rankCount: Int, policy: StopPolicy) {
+    public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil) {
         precondition(rankCount > 0, "a run has at least one rank")
         self.policy = policy
         self.ranks = Array(repeating: RankRecord(), count: rankCount)
+        self.lastCommittedStep = resumedStep
     }
 
     /// The earliest moment at which `.tick` may change something, or `nil` when only events can.
     public var nextDeadline: Instant? {
         var earliest: Instant?
-        func consider(_ instant: Instant) {
+        func consider(_ instant: Instant?) {
+            guard let instant else { return }
             if earliest.map({ instant < $0 }) ?? true { earliest = instant }
         }
-        if case .stopping(let stop) = phase {
-            if case .aligning(let deadline) = stop.stopStep { consider(deadline) }
-            if !stop.graceExpired { consider(stop.requestedAt + policy.grace) }
+        switch phase {
+        case .running(let round):
+            if let round {
+                if case .aligning(let deadline) = round.target { consider(deadline) }
+                consider(round.requestedAt + policy.grace)
+            } else {
+                consider(nextCheckpointAt)
+            }
+        case .stopping(let stop):
+            if case .aligning(let deadline) = stop.round.target { consider(deadline) }
+            if !stop.graceExpired { consider(stop.round.requestedAt + policy.grace) }
+        case .restarting(let resumeAt):
+            consider(resumeAt)
+        case .failing, .finished:
+            break
         }
         for rank in ranks where rank.isAlive {
             if case .terminated(let killAt) = rank.teardown { consider(killAt) }
@@ -84,41 +141,57 @@ public struct Coordinator: Sendable {
         if case .finished = phase { return [] }
         var actions: [CoordinatorAction] = []
         switch event {
+        case .launched:
+            if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
         case .hello(let rank):
-            // A hello after the stop request is too late: the rank was already told to stop as a
-            // plain process.
+            // A hello after a stop request is too late: the rank was told to stop as a plain process.
             if case .running = phase, ranks[rank].isAlive { ranks[rank].speaksProtocol = true }
         case .position(let rank, let id, let step):
             receivePosition(rank: rank, id: id, step: step, now: now, into: &actions)
         case .checkpointed(let rank, let step, let path):
-            receiveConfirmation(rank: rank, step: step, path: path, into: &actions)
+            receiveConfirmation(rank: rank, step: step, path: path, now: now, into: &actions)
         case .exited(let rank, let status):
             rankExited(rank: rank, status: status, now: now, into: &actions)
         case .trigger(let trigger):
             receiveTrigger(trigger, now: now, into: &actions)
-        case .commitWritten:
-            commitWritten(into: &actions)
-        case .commitFailed(let reason):
-            updateStop { stop in
-                stop.problems.append("writing the commit record failed: \(reason)")
-                actions.append(.report("error: writing the commit record failed: \(reason); the previous record is untouched"))
+        case .requestCheckpoint(let trigger):
+            if case .running(.some) = phase {
+                actions.append(.report("\(trigger): a checkpoint is already in progress; ignored"))
+            } else if case .running(.none) = phase {
+                startCheckpoint(trigger: trigger, now: now, into: &actions)
+            } else {
+                actions.append(.report("\(trigger): no checkpoint while the ranks are stopping or restarting; ignored"))
             }
+        case .gangGone:
+            if case .restarting(.none) = phase {
+                let wait = policy.backoff(beforeRestart: restarts + 1)
+                phase = .restarting(resumeAt: now + wait)
+                actions.append(.report("restart \(restarts + 1) of \(policy.maxRestarts) in \(format(wait))s, from \(lastCommittedStep.map { "committed step \($0)" } ?? "the beginning (nothing committed)")"))
+            }
+        case .commitWritten:
+            commitWritten(now: now, into: &actions)
+        case .commitFailed(let reason):
+            commitFailed(reason, now: now, into: &actions)
         case .tick:
             break
         }
         checkDeadlines(now: now, into: &actions)
-        finishIfDone(into: &actions)
+        finishIfDone(now: now, into: &actions)
         return actions
     }
 
-    // MARK: - Events
+    // MARK: - Requests
 
     private mutating func receiveTrigger(_ trigger: Trigger, now: Instant, into actions: inout [CoordinatorAction]) {
         switch phase {
-        case .running:
-            startStop(trigger, now: now, into: &actions)
+        case .running(let round):
+            var superseded: Int?
+            if case .decided(let step)? = round?.target { superseded = step }
+            startStop(trigger, supersededStep: superseded, now: now, into: &actions)
         case .stopping(var stop):
             guard case .signal(let signal) = trigger else { return }
+            if let last = stop.lastSignalAt, now.seconds(since: last) < policy.signalDebounce { return }
+            stop.lastSignalAt = now
             stop.hurry += 1
             stop.forcedBy = signal
             phase = .stopping(stop)
@@ -129,21 +202,41 @@ public struct Coordinator: Sendable {
                 actions.append(.report("\(trigger) again: sending SIGKILL to the ranks still running"))
                 killLiving(into: &actions)
             }
-        case .failing:
+        case .failing(let failure, let stopRequested):
             guard case .signal = trigger else { return }
-            actions.append(.report("\(trigger): sending SIGKILL to the ranks still running"))
-            killLiving(into: &actions)
+            if stopRequested {
+                actions.append(.report("\(trigger): sending SIGKILL to the ranks still running"))
+                killLiving(into: &actions)
+            } else {
+                actions.append(.report("\(trigger): stop requested while a failed gang is torn down; no restart"))
+                phase = .failing(failure, stopRequested: true)
+            }
+        case .restarting:
+            actions.append(.report("stop requested (\(trigger)) before the restart; not restarting"))
+            phase = .finished(exitCode: ExitCode.rankFailed)
+            endAttempt()
+            actions.append(.finish(exitCode: ExitCode.rankFailed))
         case .finished:
             break
         }
     }
 
-    private mutating func startStop(_ trigger: Trigger, now: Instant, into actions: inout [CoordinatorAction]) {
-        let id = nextStopID
-        nextStopID += 1
-        let stop = Stop(
-            id: id, trigger: trigger, requestedAt: now,
-            stopStep: .aligning(deadline: now + policy.alignTimeout))
+    private mutating func newRound(_ kind: Round.Kind, trigger: String, now: Instant) -> Round {
+        let id = nextRoundID
+        nextRoundID += 1
+        for rank in ranks.indices {
+            ranks[rank].position = nil
+            ranks[rank].confirmation = nil
+        }
+        return Round(id: id, kind: kind, trigger: trigger, requestedAt: now, target: .aligning(deadline: now + policy.alignTimeout))
+    }
+
+    private mutating func startStop(
+        _ trigger: Trigger, supersededStep: Int?, now: Instant, into actions: inout [CoordinatorAction]
+    ) {
+        var stop = Stop(round: newRound(.stop, trigger: trigger.description, now: now))
+        stop.supersededStep = supersededStep
+        if case .signal = trigger { stop.lastSignalAt = now }
         phase = .stopping(stop)
         let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
         let plain = ranks.indices.filter { ranks[$0].isAlive && !ranks[$0].speaksProtocol }
@@ -152,52 +245,161 @@ public struct Coordinator: Sendable {
         if !plain.isEmpty { line += "; SIGTERM to \(plain.count) rank(s) that do not speak the protocol" }
         actions.append(.report(line + "; grace \(format(policy.grace))s"))
         for rank in speaking {
-            actions.append(.send(rank: rank, .stop(id: id, trigger: trigger.description)))
+            actions.append(.send(rank: rank, .stop(id: stop.round.id, trigger: trigger.description)))
         }
         for rank in plain {
             // A plain rank's deadline is the grace period itself: SIGTERM now, SIGKILL when it ends.
             ranks[rank].teardown = .terminated(killAt: now + policy.grace)
             actions.append(.signal(rank: rank, SignalNumber.terminate))
         }
-        if speaking.isEmpty { decideStopStep(into: &actions) }
+        if speaking.isEmpty { decide(into: &actions) }
     }
+
+    private mutating func startCheckpoint(trigger: String, now: Instant, into actions: inout [CoordinatorAction]) {
+        let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
+        guard !speaking.isEmpty else {
+            actions.append(.report("checkpoint (\(trigger)) skipped: no rank speaks the protocol"))
+            if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+            return
+        }
+        let round = newRound(.checkpoint, trigger: trigger, now: now)
+        phase = .running(checkpoint: round)
+        actions.append(.report("checkpoint requested (\(trigger)); asking \(speaking.count) rank(s) for their position"))
+        for rank in speaking {
+            actions.append(.send(rank: rank, .checkpoint(id: round.id, trigger: trigger)))
+        }
+    }
+
+    // MARK: - Answers and confirmations
 
     private mutating func receivePosition(
         rank: Int, id: Int, step: Int?, now: Instant, into actions: inout [CoordinatorAction]
     ) {
-        guard case .stopping(let stop) = phase, stop.id == id, ranks[rank].speaksProtocol,
-              case .aligning = stop.stopStep, ranks[rank].position == nil
+        guard let round = currentRound, round.id == id, ranks[rank].speaksProtocol,
+              case .aligning = round.target, ranks[rank].position == nil
         else { return }
         ranks[rank].position = .some(step)
         let waiting = ranks.contains { $0.isAlive && $0.speaksProtocol && $0.position == nil }
-        if !waiting { decideStopStep(into: &actions) }
+        if !waiting { decide(into: &actions) }
+    }
+
+    /// T = 1 + the largest position answered; `nil` when no rank has passed a boundary.
+    private mutating func decide(into actions: inout [CoordinatorAction]) {
+        guard var round = currentRound, case .aligning = round.target else { return }
+        let answered = ranks.compactMap { $0.position.flatMap { $0 } }
+        let step = answered.max().map { $0 + 1 }
+        round.target = .decided(step)
+        currentRound = round
+        let noun = round.kind == .stop ? "stop" : "checkpoint"
+        for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
+            if ranks[rank].position == nil {
+                ranks[rank].note = "did not answer in time"
+                actions.append(.report("warning: rank \(rank) did not report its position within \(format(policy.alignTimeout))s"))
+            }
+            let message: CoordinatorMessage = round.kind == .stop
+                ? .stopAt(id: round.id, step: step) : .checkpointAt(id: round.id, step: step)
+            actions.append(.send(rank: rank, message))
+        }
+        if ranks.contains(where: \.speaksProtocol) {
+            if let step, let low = answered.min(), let high = answered.max() {
+                actions.append(.report("\(noun) step \(step) (ranks were at steps \(low)...\(high))"))
+            } else {
+                actions.append(.report("\(noun) at each rank's next step boundary (no rank had reached one)"))
+            }
+        }
+        requestCommitIfComplete(into: &actions)
     }
 
     private mutating func receiveConfirmation(
-        rank: Int, step: Int, path: String?, into actions: inout [CoordinatorAction]
+        rank: Int, step: Int, path: String?, now: Instant, into actions: inout [CoordinatorAction]
     ) {
-        guard case .stopping(var stop) = phase, case .decided(let stopStep) = stop.stopStep,
-              ranks[rank].speaksProtocol
-        else {
-            actions.append(.report("warning: rank \(rank) confirmed step \(step) while no stop step was set; ignored"))
+        if case .stopping(let stop) = phase, stop.supersededStep == step, stop.round.decidedStep != .some(step) {
+            return // a checkpoint of the round this stop superseded, arriving late
+        }
+        guard let round = currentRound, case .decided(let expected) = round.target, ranks[rank].speaksProtocol else {
+            actions.append(.report("warning: rank \(rank) confirmed step \(step) while no stop or checkpoint step was set; ignored"))
             return
         }
         if let earlier = ranks[rank].confirmation {
             actions.append(.report("warning: rank \(rank) confirmed again (step \(step), first step \(earlier.step)); ignored"))
             return
         }
-        if let expected = stopStep, step != expected {
+        if let expected, step != expected {
             let problem = step > expected
-                ? "rank \(rank) passed the stop step \(expected): it checkpointed step \(step)"
-                : "rank \(rank) checkpointed step \(step), before the stop step \(expected)"
-            ranks[rank].note = step > expected ? "passed stop step \(expected)" : "stopped early"
-            stop.problems.append(problem)
-            phase = .stopping(stop)
-            actions.append(.report("error: \(problem); nothing will be committed"))
+                ? "rank \(rank) passed the \(round.kind == .stop ? "stop" : "checkpoint") step \(expected): it checkpointed step \(step)"
+                : "rank \(rank) checkpointed step \(step), before the \(round.kind == .stop ? "stop" : "checkpoint") step \(expected)"
+            if round.kind == .stop {
+                ranks[rank].note = step > expected ? "passed stop step \(expected)" : "stopped early"
+                addProblem(problem)
+                actions.append(.report("error: \(problem); nothing will be committed"))
+            } else {
+                abandonCheckpoint("\(problem)", now: now, into: &actions)
+            }
             return
         }
         ranks[rank].confirmation = .init(step: step, path: path)
         requestCommitIfComplete(into: &actions)
+    }
+
+    private mutating func requestCommitIfComplete(into actions: inout [CoordinatorAction]) {
+        guard var round = currentRound, case .decided = round.target, !round.commitRequested,
+              round.problems.isEmpty, ranks.contains(where: \.speaksProtocol)
+        else { return }
+        var step: Int?
+        for rank in ranks {
+            if rank.speaksProtocol {
+                guard let confirmation = rank.confirmation else { return }
+                if let step, step != confirmation.step { return }
+                step = confirmation.step
+            } else if round.kind == .stop {
+                guard let exit = rank.exit, Self.stoppedCleanly(exit) else { return }
+            }
+        }
+        guard let step else { return }
+        round.commitRequested = true
+        currentRound = round
+        actions.append(.commit(step: step, paths: ranks.map { $0.confirmation?.path }, trigger: round.trigger))
+    }
+
+    private mutating func commitWritten(now: Instant, into actions: inout [CoordinatorAction]) {
+        guard var round = currentRound, round.commitRequested, round.committedStep == nil,
+              let step = ranks.compactMap(\.confirmation?.step).first
+        else { return }
+        round.committedStep = step
+        lastCommittedStep = step
+        currentRound = round
+        actions.append(.report("committed step \(step)"))
+        for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
+            actions.append(.send(rank: rank, .committed(step: step)))
+        }
+        if round.kind == .checkpoint { endCheckpoint(now: now) }
+    }
+
+    private mutating func commitFailed(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
+        guard let round = currentRound, round.commitRequested, round.committedStep == nil else { return }
+        if round.kind == .stop {
+            addProblem("the commit failed: \(reason)")
+            actions.append(.report("error: commit failed: \(reason); the previous record is untouched"))
+        } else {
+            abandonCheckpoint("the commit failed: \(reason)", now: now, into: &actions)
+        }
+    }
+
+    private mutating func abandonCheckpoint(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
+        actions.append(.report("warning: checkpoint round abandoned: \(reason); the previous record stays, training goes on"))
+        endCheckpoint(now: now)
+    }
+
+    private mutating func endCheckpoint(now: Instant) {
+        phase = .running(checkpoint: nil)
+        if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+    }
+
+    // MARK: - Exits
+
+    private static func stoppedCleanly(_ status: ExitStatus) -> Bool {
+        // Ending on the SIGTERM a stop sent is how a plain process stops (systemd's view too).
+        status.isSuccess || status == .signaled(SignalNumber.terminate)
     }
 
     private mutating func rankExited(
@@ -206,113 +408,70 @@ public struct Coordinator: Sendable {
         guard ranks[rank].isAlive else { return }
         ranks[rank].exit = status
         switch phase {
-        case .running:
-            guard !status.isSuccess else { return }
-            let failure = Failure(rank: rank, status: status)
-            firstFailure = failure
-            phase = .failing(failure)
-            let living = ranks.indices.filter { ranks[$0].isAlive }
-            if living.isEmpty {
-                actions.append(.report("rank \(rank) failed (\(status))"))
-            } else {
-                actions.append(.report("rank \(rank) failed (\(status)); stopping the other \(living.count) rank(s) with SIGTERM"))
-                terminateLiving(now: now, into: &actions)
+        case .running(let round):
+            guard status.isSuccess else {
+                let failure = Failure(rank: rank, status: status)
+                firstFailure = failure
+                attemptFailure = failure
+                phase = .failing(failure, stopRequested: false)
+                let living = ranks.indices.filter { ranks[$0].isAlive }
+                if living.isEmpty {
+                    actions.append(.report("rank \(rank) failed (\(status))"))
+                } else {
+                    actions.append(.report("rank \(rank) failed (\(status)); stopping the other \(living.count) rank(s) with SIGTERM"))
+                    terminateLiving(now: now, into: &actions)
+                }
+                return
             }
-        case .stopping(var stop):
+            if let round, ranks[rank].speaksProtocol, ranks[rank].confirmation == nil {
+                abandonCheckpoint("rank \(rank) ended before confirming step \(round.decidedStep.map { $0.map(String.init) ?? "?" } ?? "?")", now: now, into: &actions)
+            }
+        case .stopping(let stop):
             if ranks[rank].speaksProtocol {
                 // A rank that confirmed, or whose wrong confirmation was already reported, changes nothing.
-                guard ranks[rank].confirmation == nil, ranks[rank].note == nil else { return }
+                guard ranks[rank].confirmation == nil, ranks[rank].note == nil, stop.round.committedStep == nil else { return }
                 let problem = "rank \(rank) ended (\(status)) before confirming a checkpoint"
                 ranks[rank].note = "ended before confirming"
-                stop.problems.append(problem)
-                phase = .stopping(stop)
+                addProblem(problem)
                 actions.append(.report("error: \(problem); stopping the others"))
                 // Its peers are probably blocked in a collective with it: waiting for grace serves nothing.
                 terminateLiving(now: now, into: &actions)
+            } else if Self.stoppedCleanly(status) {
+                requestCommitIfComplete(into: &actions)
             } else {
-                // Ending on the SIGTERM this stop sent is how a plain process stops (systemd's view too).
-                guard !(status.isSuccess || status == .signaled(SignalNumber.terminate)) else {
-                    requestCommitIfComplete(into: &actions)
-                    return
-                }
                 let problem = "rank \(rank) (no protocol) ended with \(status)"
                 ranks[rank].note = "did not stop cleanly"
-                stop.problems.append(problem)
-                phase = .stopping(stop)
+                addProblem(problem)
                 actions.append(.report("error: \(problem)"))
             }
-        case .failing, .finished:
+        case .failing, .restarting, .finished:
             break
         }
     }
 
-    private mutating func commitWritten(into actions: inout [CoordinatorAction]) {
-        guard case .stopping(var stop) = phase, stop.commitRequested, stop.committedStep == nil,
-              case .decided = stop.stopStep
-        else { return }
-        let step = ranks.compactMap(\.confirmation?.step).first ?? 0
-        stop.committedStep = step
-        phase = .stopping(stop)
-        actions.append(.report("committed step \(step)"))
-        for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
-            actions.append(.send(rank: rank, .committed(step: step)))
-        }
-    }
-
-    // MARK: - Decisions
-
-    /// T = 1 + the largest position answered; `nil` when no rank has passed a boundary.
-    private mutating func decideStopStep(into actions: inout [CoordinatorAction]) {
-        guard case .stopping(var stop) = phase, case .aligning = stop.stopStep else { return }
-        let answered = ranks.compactMap { $0.position.flatMap { $0 } }
-        let stopStep = answered.max().map { $0 + 1 }
-        stop.stopStep = .decided(stopStep)
-        phase = .stopping(stop)
-        for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
-            if ranks[rank].position == nil {
-                ranks[rank].note = "did not answer in time"
-                actions.append(.report("warning: rank \(rank) did not report its position within \(format(policy.alignTimeout))s"))
-            }
-            actions.append(.send(rank: rank, .stopAt(id: stop.id, step: stopStep)))
-        }
-        if ranks.contains(where: \.speaksProtocol) {
-            if let stopStep, let low = answered.min(), let high = answered.max() {
-                actions.append(.report("stop step \(stopStep) (ranks were at steps \(low)...\(high))"))
-            } else {
-                actions.append(.report("stop at each rank's next step boundary (no rank had reached one)"))
-            }
-        }
-        requestCommitIfComplete(into: &actions)
-    }
-
-    private mutating func requestCommitIfComplete(into actions: inout [CoordinatorAction]) {
-        guard case .stopping(var stop) = phase, case .decided = stop.stopStep,
-              !stop.commitRequested, stop.problems.isEmpty,
-              ranks.contains(where: \.speaksProtocol)
-        else { return }
-        var step: Int?
-        for rank in ranks {
-            if rank.speaksProtocol {
-                guard let confirmation = rank.confirmation else { return }
-                if let step, step != confirmation.step { return }
-                step = confirmation.step
-            } else {
-                guard let exit = rank.exit, exit.isSuccess || exit == .signaled(SignalNumber.terminate) else { return }
-            }
-        }
-        guard let step else { return }
-        stop.commitRequested = true
-        phase = .stopping(stop)
-        actions.append(.commit(step: step, paths: ranks.map { $0.confirmation?.path }, trigger: stop.trigger))
-    }
+    // MARK: - Time
 
     private mutating func checkDeadlines(now: Instant, into actions: inout [CoordinatorAction]) {
-        if case .stopping(var stop) = phase {
-            if case .aligning(let deadline) = stop.stopStep, now >= deadline {
-                decideStopStep(into: &actions)
+        switch phase {
+        case .running(let round):
+            if let round {
+                if case .aligning(let deadline) = round.target, now >= deadline { decide(into: &actions) }
+                if case .running(.some(let current)) = phase, now >= current.requestedAt + policy.grace {
+                    let missing = ranks.indices.filter {
+                        ranks[$0].isAlive && ranks[$0].speaksProtocol && ranks[$0].confirmation == nil
+                    }
+                    abandonCheckpoint("rank(s) \(missing.map(String.init).joined(separator: ", ")) did not confirm within \(format(policy.grace))s", now: now, into: &actions)
+                }
+            } else if let due = nextCheckpointAt, now >= due {
+                nextCheckpointAt = nil
+                startCheckpoint(trigger: "periodic", now: now, into: &actions)
+            }
+        case .stopping(var stop):
+            if case .aligning(let deadline) = stop.round.target, now >= deadline {
+                decide(into: &actions)
                 if case .stopping(let decided) = phase { stop = decided }
             }
-            if !stop.graceExpired, now >= stop.requestedAt + policy.grace {
+            if !stop.graceExpired, now >= stop.round.requestedAt + policy.grace {
                 stop.graceExpired = true
                 phase = .stopping(stop)
                 let late = ranks.indices.filter { ranks[$0].isAlive }
@@ -325,6 +484,15 @@ public struct Coordinator: Sendable {
                     terminateLiving(now: now, into: &actions)
                 }
             }
+        case .restarting(.some(let resumeAt)) where now >= resumeAt:
+            endAttempt()
+            restarts += 1
+            ranks = Array(repeating: RankRecord(), count: ranks.count)
+            phase = .running(checkpoint: nil)
+            nextCheckpointAt = nil
+            actions.append(.launch(restart: restarts))
+        case .failing, .restarting, .finished:
+            break
         }
         for rank in ranks.indices where ranks[rank].isAlive {
             if case .terminated(let killAt) = ranks[rank].teardown, now >= killAt {
@@ -334,33 +502,47 @@ public struct Coordinator: Sendable {
         }
     }
 
-    private mutating func finishIfDone(into actions: inout [CoordinatorAction]) {
+    private mutating func finishIfDone(now: Instant, into actions: inout [CoordinatorAction]) {
         guard ranks.allSatisfy({ !$0.isAlive }) else { return }
-        // A commit asked for is waiting on the disk: the exit code depends on it.
-        if case .stopping(let stop) = phase, stop.commitRequested, stop.committedStep == nil, stop.problems.isEmpty {
-            return
-        }
         let code: Int32
         switch phase {
         case .running:
             code = 0
-        case .failing:
-            code = 1
+        case .failing(let failure, let stopRequested):
+            if !stopRequested && restarts < policy.maxRestarts {
+                phase = .restarting(resumeAt: nil)
+                actions.append(.report("rank \(failure.rank) failed (\(failure.status)); clearing the gang before restart \(restarts + 1) of \(policy.maxRestarts)"))
+                actions.append(.awaitGangExit)
+                return
+            }
+            if restarts > 0 {
+                actions.append(.report("giving up after \(restarts) restart(s) (--max-restarts \(policy.maxRestarts))"))
+            }
+            code = ExitCode.rankFailed
         case .stopping(let stop):
-            if stop.committedStep != nil {
+            // A commit asked for is waiting on the disk: the exit code depends on it.
+            if stop.round.commitRequested && stop.round.committedStep == nil && stop.round.problems.isEmpty { return }
+            if stop.round.committedStep != nil {
                 code = 0
             } else if let signal = stop.forcedBy {
                 code = 128 + signal
-            } else if stop.problems.isEmpty && !ranks.contains(where: \.speaksProtocol) {
+            } else if stop.round.problems.isEmpty && !ranks.contains(where: \.speaksProtocol) {
                 code = 0
             } else {
-                code = 2
+                code = ExitCode.notCommitted
             }
-        case .finished:
+        case .restarting, .finished:
             return
         }
+        endAttempt()
         phase = .finished(exitCode: code)
         actions.append(.finish(exitCode: code))
+    }
+
+    /// Records the current attempt for the summary.
+    private mutating func endAttempt() {
+        attempts.append(Attempt(restart: restarts, failure: attemptFailure, ranks: ranks))
+        attemptFailure = nil
     }
 
     // MARK: - Teardown
@@ -389,10 +571,33 @@ public struct Coordinator: Sendable {
         }
     }
 
-    private mutating func updateStop(_ change: (inout Stop) -> Void) {
-        guard case .stopping(var stop) = phase else { return }
-        change(&stop)
-        phase = .stopping(stop)
+    // MARK: - The current round
+
+    /// The round in flight: the stop's, or the checkpoint's while training.
+    private var currentRound: Round? {
+        get {
+            switch phase {
+            case .running(let round): return round
+            case .stopping(let stop): return stop.round
+            default: return nil
+            }
+        }
+        set {
+            guard let newValue else { return }
+            switch phase {
+            case .running(.some): phase = .running(checkpoint: newValue)
+            case .stopping(var stop):
+                stop.round = newValue
+                phase = .stopping(stop)
+            default: break
+            }
+        }
+    }
+
+    private mutating func addProblem(_ problem: String) {
+        guard var round = currentRound else { return }
+        round.problems.append(problem)
+        currentRound = round
     }
 }
 

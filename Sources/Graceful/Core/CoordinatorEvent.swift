@@ -2,9 +2,11 @@ import GracefulProtocol
 
 /// Something that happened, fed to `Coordinator.handle(_:now:)` by the process layer.
 public enum CoordinatorEvent: Equatable, Sendable {
+    /// Every rank of an attempt was spawned (the first launch, or a restart).
+    case launched
     /// The rank's client said hello: it speaks the protocol.
     case hello(rank: Int)
-    /// The rank answered stop request `id` with its position.
+    /// The rank answered request `id` with its position.
     case position(rank: Int, id: Int, step: Int?)
     /// The rank saved its state after `step` at `path`.
     case checkpointed(rank: Int, step: Int, path: String?)
@@ -12,9 +14,14 @@ public enum CoordinatorEvent: Equatable, Sendable {
     case exited(rank: Int, ExitStatus)
     /// A stop trigger arrived: a signal, or the control file's flag.
     case trigger(Trigger)
+    /// A checkpoint without stopping was asked for (SIGUSR2).
+    case requestCheckpoint(String)
+    /// Every process of the failed gang, grandchildren included, is gone (after `.awaitGangExit`).
+    case gangGone
     /// The commit record asked for by `.commit` is durably on disk.
     case commitWritten
-    /// Writing the commit record failed; the previous record is untouched.
+    /// Writing the commit record failed, or a reported checkpoint does not exist; the previous
+    /// record is untouched.
     case commitFailed(String)
     /// Time passed; deadlines are checked against `now`.
     case tick
@@ -26,9 +33,14 @@ public enum CoordinatorAction: Equatable, Sendable {
     case send(rank: Int, CoordinatorMessage)
     /// Send a signal to the rank's whole process group.
     case signal(rank: Int, Int32)
-    /// Write the commit record (step, each rank's path, the trigger), then report back with
-    /// `.commitWritten` or `.commitFailed`.
-    case commit(step: Int, paths: [String?], trigger: Trigger)
+    /// Check that every path exists, write the commit record (step, each rank's path, the trigger),
+    /// then report back with `.commitWritten` or `.commitFailed`.
+    case commit(step: Int, paths: [String?], trigger: String)
+    /// Kill whatever is left of the gang (process groups, orphaned descendants) and report
+    /// `.gangGone` once nothing is left.
+    case awaitGangExit
+    /// Spawn every rank again, from the last committed checkpoint, as restart number `restart`.
+    case launch(restart: Int)
     /// One line for the console.
     case report(String)
     /// Every rank has ended: exit with this code.

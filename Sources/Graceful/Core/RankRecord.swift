@@ -1,4 +1,4 @@
-/// What the coordinator knows about one rank.
+/// What the coordinator knows about one rank in the current attempt.
 public struct RankRecord: Equatable, Sendable {
     /// Where the rank is in the teardown sequence of `StopPolicy`.
     public enum Teardown: Equatable, Sendable {
@@ -16,8 +16,9 @@ public struct RankRecord: Equatable, Sendable {
 
     /// The rank said hello before the stop was requested.
     public internal(set) var speaksProtocol = false
-    /// The answer to the current stop request: `.some(nil)` means "no boundary yet".
+    /// The answer to the current request: `.some(nil)` means "no boundary yet".
     public internal(set) var position: Int??
+    /// The confirmation for the current (or last) request.
     public internal(set) var confirmation: Confirmation?
     public internal(set) var exit: ExitStatus?
     public internal(set) var teardown: Teardown = .none

@@ -60,6 +60,20 @@ enum AtomicFile {
         throw SystemError("\(path) is larger than \(limit) bytes", errno: EFBIG)
     }
 
+    /// Removes temporaries a killed writer of `path` left behind (`write` names them `<path>.tmp.<pid>`).
+    static func removeTemporaries(of path: String) {
+        let directory = parentDirectory(of: path)
+        let prefix = String(path.split(separator: "/").last ?? "") + ".tmp."
+        guard let handle = opendir(directory) else { return }
+        defer { closedir(handle) }
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name.hasPrefix(prefix) { unlink(directory + "/" + name) }
+        }
+    }
+
     static func parentDirectory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])

@@ -3,8 +3,9 @@ import Glibc
 
 /// Signals turned into bytes on a pipe (the self-pipe trick), so the event loop sees them as input.
 ///
-/// Stop signals (SIGINT, SIGTERM, SIGUSR1, and SIGHUP unless it was ignored at start, as under nohup)
-/// and SIGCHLD are caught; SIGPIPE is ignored so a closed rank channel shows up as EPIPE instead.
+/// Stop signals (SIGINT, SIGTERM, SIGUSR1, and SIGHUP unless it was ignored at start, as under nohup),
+/// SIGUSR2 (a checkpoint without stopping) and SIGCHLD are caught; SIGPIPE is ignored so a closed rank
+/// channel shows up as EPIPE instead.
 final class SignalPipe {
     let readFD: Int32
     private let writeFD: Int32
@@ -23,7 +24,7 @@ final class SignalPipe {
         if graceful_signal_is_ignored(SIGHUP) == 0 { stops.append(SIGHUP) }
         stopSignals = stops
         _ = graceful_signal_ignore(SIGPIPE)
-        for signal in stops + [SIGCHLD] {
+        for signal in stops + [SIGUSR2, SIGCHLD] {
             let catchError = graceful_signal_catch(writeFD, signal)
             if catchError != 0 { throw SystemError("sigaction(\(SignalNumber.name(signal)))", errno: catchError) }
         }

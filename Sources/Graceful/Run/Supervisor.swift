@@ -10,22 +10,25 @@ public final class Supervisor {
     static let tailLength = 20
     /// Console lines longer than this are cut into pieces.
     static let maximumOutputLine = 64 * 1024
+    /// Seconds between two checks that a failed gang is gone.
+    static let gangCheckInterval = 0.05
 
     private let configuration: RunConfiguration
     private let console = Console()
     private var coordinator: Coordinator
-    private var processes: [RankProcess] = []
-    private var channelSplitters: [LineSplitter] = []
-    /// True while the rest of an overlong channel line is being skipped.
-    private var discardingChannelLine: [Bool] = []
-    private var warnedAboutChannel: [Bool] = []
-    private var outputSplitters: [[LineSplitter]] = []
+    private var ranks: [RankIO] = []
     private var logFDs: [Int32] = []
-    private var tails: [[String]] = []
     private var runID = ""
     private var runDirectory = ""
+    private var executable = ""
+    private var environment: RankEnvironment!
+    private var inherited: [(String, String)] = []
     private var exitCode: Int32?
     private var stopTrigger: Trigger?
+    private var awaitingGangExit = false
+    private var guardPID: pid_t = -1
+    private var guardFD: Int32 = -1
+    private var loop: EventLoop!
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
@@ -40,6 +43,7 @@ public final class Supervisor {
         case .failure(let code):
             return code
         case .success(let resume):
+            coordinator = Coordinator(rankCount: configuration.ranks, policy: configuration.policy, resumedStep: resume?.step)
             return launchAndSupervise(resume: resume)
         }
     }
@@ -70,6 +74,7 @@ public final class Supervisor {
             return .failure(ExitCode.cannotCreate)
         }
         let recordPath = runDirectory + "/" + CommitRecord.fileName
+        AtomicFile.removeTemporaries(of: recordPath)
         var resume: CommitRecord?
         do {
             if let contents = try AtomicFile.read(recordPath) {
@@ -97,7 +102,6 @@ public final class Supervisor {
             console.error("\(rankCount) ranks need about \(neededDescriptors) open files but the limit is \(limit) (ulimit -n)")
             return ExitCode.systemError
         }
-        let executable: String
         do {
             executable = try ExecutableLookup.resolve(configuration.command[0], path: getenv("PATH").map { String(cString: $0) })
         } catch {
@@ -111,7 +115,6 @@ public final class Supervisor {
             }
         }
 
-        let loop: EventLoop
         let signals: SignalPipe
         let watcher = ControlFileWatcher(path: configuration.controlFile)
         do {
@@ -119,6 +122,10 @@ public final class Supervisor {
             signals = try SignalPipe()
             try loop.register(signals.readFD, token: Token.signals)
             if watcher.inotifyFD >= 0 { try loop.register(watcher.inotifyFD, token: Token.controlFile) }
+            let subreaperError = graceful_become_subreaper()
+            if subreaperError != 0 { throw SystemError("prctl(PR_SET_CHILD_SUBREAPER)", errno: subreaperError) }
+            guardPID = graceful_start_guard(&guardFD)
+            if guardPID < 0 { throw SystemError("starting the guard process") }
         } catch {
             console.error("\(error)")
             return ExitCode.systemError
@@ -131,20 +138,21 @@ public final class Supervisor {
         let port = configuration.masterPort ?? Int(graceful_free_tcp_port())
         guard port > 0 else {
             console.error("no free TCP port for MASTER_PORT; pass --master-port")
-            return ExitCode.systemError
+            return stopGuard(ExitCode.systemError)
         }
-        let environment = RankEnvironment(
+        environment = RankEnvironment(
             runID: runID, runDirectory: runDirectory, worldSize: rankCount,
             masterAddress: configuration.masterAddress, masterPort: port, resume: resume)
-        let inherited = Self.currentEnvironment()
+        environment.maxRestarts = configuration.policy.maxRestarts
+        inherited = Self.currentEnvironment()
         let header = "=== graceful run \(runID), \(Self.timestamp()) ===\n"
         for rank in 0..<rankCount {
             let logPath = "\(runDirectory)/rank_\(rank).log"
             let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             if fd < 0 {
                 console.error("\(SystemError("open \(logPath)"))")
-                abortLaunch()
-                return ExitCode.cannotCreate
+                logFDs.forEach(closeDescriptor)
+                return stopGuard(ExitCode.cannotCreate)
             }
             writeAll(fd, header)
             logFDs.append(fd)
@@ -153,42 +161,22 @@ public final class Supervisor {
             console.report("resuming from committed step \(resume.step) (\(runDirectory)/\(CommitRecord.fileName))")
         }
         console.report("run \(runID): launching \(rankCount) rank(s): \(configuration.command.joined(separator: " "))")
-        for rank in 0..<rankCount {
-            do {
-                let process = try RankProcess.spawn(
-                    rank: rank, executable: executable, arguments: Array(configuration.command.dropFirst()),
-                    environment: environment.variables(rank: rank, inherited: inherited))
-                processes.append(process)
-                channelSplitters.append(LineSplitter(maximumLength: maximumMessageLength))
-                discardingChannelLine.append(false)
-                warnedAboutChannel.append(false)
-                outputSplitters.append([
-                    LineSplitter(maximumLength: Self.maximumOutputLine), LineSplitter(maximumLength: Self.maximumOutputLine),
-                ])
-                tails.append([])
-                try loop.register(process.channelFD, token: Token.channel(rank))
-                try loop.register(process.outputFDs[0], token: Token.output(rank, stream: 0))
-                try loop.register(process.outputFDs[1], token: Token.output(rank, stream: 1))
-            } catch {
-                console.error("cannot start rank \(rank): \(error)")
-                abortLaunch()
-                return ExitCode.systemError
-            }
-        }
+        if let code = launchGang(restart: 0) { return stopGuard(code) }
 
         var nextStatCheck = monotonicNow() + ControlFileWatcher.statInterval
         while exitCode == nil {
             let now = monotonicNow()
             var wake = nextStatCheck
             if let deadline = coordinator.nextDeadline, deadline < wake { wake = deadline }
+            if awaitingGangExit, now + Self.gangCheckInterval < wake { wake = now + Self.gangCheckInterval }
             let timeout = max(0, (wake.nanoseconds - now.nanoseconds + 999_999) / 1_000_000)
             let events: [EventLoop.Event]
             do {
                 events = try loop.wait(timeoutMilliseconds: Int32(min(timeout, 60_000)))
             } catch {
-                console.error("\(error); stopping every rank")
-                abortLaunch()
-                return ExitCode.systemError
+                console.error("\(error); killing every rank")
+                ranks.forEach { $0.process.signalGroup(SIGKILL) }
+                return stopGuard(ExitCode.systemError)
             }
             var signalsReady = false
             var controlFileChanged = false
@@ -199,10 +187,12 @@ public final class Supervisor {
                 case Token.controlFile: controlFileChanged = watcher.drainEvents() || controlFileChanged
                 default:
                     let (rank, kind) = Token.decode(event.token)
+                    // Events of an attempt already replaced are stale: their descriptors are closed.
+                    guard rank < ranks.count else { continue }
                     if kind == Token.channelKind {
-                        readChannel(rank: rank, loop: loop)
+                        readChannel(ranks[rank])
                     } else {
-                        readOutput(rank: rank, stream: kind - 1, loop: loop)
+                        readOutput(ranks[rank], stream: kind - 1)
                     }
                 }
             }
@@ -216,15 +206,52 @@ public final class Supervisor {
             if signalsReady {
                 for signal in signals.drain() {
                     if signal == SIGCHLD {
-                        reapRanks()
+                        reapChildren()
+                    } else if signal == SIGUSR2 {
+                        apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: monotonicNow()))
                     } else if signals.stopSignals.contains(signal) {
                         trigger(.signal(signal))
                     }
                 }
             }
+            if awaitingGangExit && gangIsGone() {
+                awaitingGangExit = false
+                apply(coordinator.handle(.gangGone, now: monotonicNow()))
+            }
             apply(coordinator.handle(.tick, now: monotonicNow()))
         }
         return finish(watcher: watcher)
+    }
+
+    /// Spawns every rank of an attempt. Returns an exit code when the launch failed (after killing
+    /// what it had started), nil on success.
+    private func launchGang(restart: Int) -> Int32? {
+        environment.restartCount = restart
+        ranks = []
+        for rank in 0..<configuration.ranks {
+            do {
+                let process = try RankProcess.spawn(
+                    rank: rank, executable: executable, arguments: Array(configuration.command.dropFirst()),
+                    environment: environment.variables(rank: rank, inherited: inherited))
+                watchGroup(process.pid)
+                let io = RankIO(process: process, log: logFDs[rank])
+                ranks.append(io)
+                try loop.register(process.channelFD, token: Token.channel(rank))
+                try loop.register(process.outputFDs[0], token: Token.output(rank, stream: 0))
+                try loop.register(process.outputFDs[1], token: Token.output(rank, stream: 1))
+            } catch {
+                console.error("cannot start rank \(rank): \(error)")
+                for io in ranks {
+                    io.process.signalGroup(SIGKILL)
+                    var status: Int32 = 0
+                    while waitpid(io.process.pid, &status, 0) < 0 && errno == EINTR {}
+                    io.close(loop: loop)
+                }
+                return ExitCode.systemError
+            }
+        }
+        apply(coordinator.handle(.launched, now: monotonicNow()))
+        return nil
     }
 
     private func trigger(_ trigger: Trigger) {
@@ -232,100 +259,65 @@ public final class Supervisor {
         apply(coordinator.handle(.trigger(trigger), now: monotonicNow()))
     }
 
-    private func reapRanks() {
-        for process in processes where coordinator.ranks[process.rank].isAlive {
+    /// Reaps every ended child: ranks become `.exited` events; orphans adopted as subreaper are just
+    /// reaped, so no zombie is ever left.
+    private func reapChildren() {
+        while true {
             var status: Int32 = 0
-            guard graceful_reap(process.pid, &status) == process.pid else { continue }
+            let pid = graceful_reap_any(&status)
+            guard pid > 0 else { return }
+            if pid == guardPID {
+                guardPID = -1
+                console.report("warning: the guard process ended unexpectedly; ranks are not protected against the coordinator's own death")
+                continue
+            }
+            guard let io = ranks.first(where: { $0.process.pid == pid }), coordinator.ranks[io.process.rank].isAlive else {
+                continue
+            }
             let exit: ExitStatus = graceful_status_signaled(status) != 0
                 ? .signaled(graceful_status_signal(status))
                 : .exited(graceful_status_exit_code(status))
-            apply(coordinator.handle(.exited(rank: process.rank, exit), now: monotonicNow()))
+            apply(coordinator.handle(.exited(rank: io.process.rank, exit), now: monotonicNow()))
         }
+    }
+
+    /// True when no rank's process group has a member left and no descendant is left to reap.
+    private func gangIsGone() -> Bool {
+        reapChildren()
+        if ranks.contains(where: \.process.groupExists) { return false }
+        return !hasChildrenBesidesGuard()
     }
 
     // MARK: - Reading ranks
 
-    private func readChannel(rank: Int, loop: EventLoop) {
-        let process = processes[rank]
-        guard process.channelFD >= 0 else { return }
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { readAvailable(process.channelFD, into: $0) }
-            guard let count else { return }
-            if count == 0 {
-                loop.unregister(process.channelFD)
-                closeDescriptor(process.channelFD)
-                process.channelFD = -1
-                return
-            }
-            for (line, truncated) in channelSplitters[rank].append(buffer[0..<count]) {
-                if truncated || discardingChannelLine[rank] {
-                    if !discardingChannelLine[rank] { warnChannel(rank: rank, "a line longer than \(maximumMessageLength) bytes") }
-                    discardingChannelLine[rank] = truncated
-                    continue
+    private func readChannel(_ io: RankIO) {
+        for line in io.readChannel(loop: loop) {
+            switch line {
+            case .message(let message):
+                let rank = io.process.rank
+                let event: CoordinatorEvent
+                switch message {
+                case .hello(let version, _):
+                    if version != gracefulProtocolVersion {
+                        console.report("warning: rank \(rank) speaks protocol version \(version); this graceful speaks \(gracefulProtocolVersion)")
+                    }
+                    event = .hello(rank: rank)
+                case .position(let id, let step):
+                    event = .position(rank: rank, id: id, step: step)
+                case .checkpointed(let step, let path):
+                    event = .checkpointed(rank: rank, step: step, path: path)
                 }
-                receive(line, from: rank)
+                apply(coordinator.handle(event, now: monotonicNow()))
+            case .invalid(let problem):
+                console.report("warning: rank \(io.process.rank) wrote something that is not a protocol message (\(problem)); ignored, as is anything else it writes that is not one")
             }
         }
     }
 
-    private func receive(_ line: [UInt8], from rank: Int) {
-        let message: RankMessage
-        do {
-            message = try RankMessage(line: line)
-        } catch {
-            warnChannel(rank: rank, "\(error)")
-            return
+    private func readOutput(_ io: RankIO, stream: Int) {
+        for line in io.readOutput(stream: stream, loop: loop) {
+            console.rankLine(rank: io.process.rank, line, toStandardError: stream == 1)
         }
-        let event: CoordinatorEvent
-        switch message {
-        case .hello(let version, _):
-            if version != gracefulProtocolVersion {
-                console.report("warning: rank \(rank) speaks protocol version \(version); this graceful speaks \(gracefulProtocolVersion)")
-            }
-            event = .hello(rank: rank)
-        case .position(let id, let step):
-            event = .position(rank: rank, id: id, step: step)
-        case .checkpointed(let step, let path):
-            event = .checkpointed(rank: rank, step: step, path: path)
-        }
-        apply(coordinator.handle(event, now: monotonicNow()))
-    }
-
-    /// One warning per rank for what it writes on its channel that is not a message.
-    private func warnChannel(rank: Int, _ problem: String) {
-        guard !warnedAboutChannel[rank] else { return }
-        warnedAboutChannel[rank] = true
-        console.report("warning: rank \(rank) wrote something that is not a protocol message (\(problem)); ignored, as is anything else it writes that is not one")
-    }
-
-    private func readOutput(rank: Int, stream: Int, loop: EventLoop) {
-        let process = processes[rank]
-        let fd = process.outputFDs[stream]
-        guard fd >= 0 else { return }
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { readAvailable(fd, into: $0) }
-            guard let count else { return }
-            if count == 0 {
-                loop.unregister(fd)
-                closeDescriptor(fd)
-                process.outputFDs[stream] = -1
-                if let rest = outputSplitters[rank][stream].finish() { emit(rest, rank: rank, stream: stream) }
-                return
-            }
-            for (line, _) in outputSplitters[rank][stream].append(buffer[0..<count]) {
-                emit(line, rank: rank, stream: stream)
-            }
-        }
-    }
-
-    private func emit(_ line: [UInt8], rank: Int, stream: Int) {
-        let text = String(decoding: line, as: UTF8.self)
-        writeAll(logFDs[rank], text + "\n")
-        console.rankLine(rank: rank, text, toStandardError: stream == 1)
-        tails[rank].append(text)
-        if tails[rank].count > Self.tailLength { tails[rank].removeFirst() }
     }
 
     // MARK: - Carrying out decisions
@@ -334,19 +326,19 @@ public final class Supervisor {
         for action in actions {
             switch action {
             case .send(let rank, let message):
-                _ = processes[rank].send(message.line)
+                _ = ranks[rank].process.send(message.line)
             case .signal(let rank, let signal):
-                processes[rank].signalGroup(signal)
+                ranks[rank].process.signalGroup(signal)
             case .commit(let step, let paths, let trigger):
-                let record = CommitRecord(
-                    runID: runID, step: step, paths: paths, trigger: trigger.description, time: Self.timestamp())
-                let path = runDirectory + "/" + CommitRecord.fileName
-                do {
-                    try AtomicFile.write(record.json, to: path)
-                    apply(coordinator.handle(.commitWritten, now: monotonicNow()))
-                } catch {
-                    apply(coordinator.handle(.commitFailed("\(error)"), now: monotonicNow()))
-                }
+                apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: monotonicNow()))
+            case .awaitGangExit:
+                killStragglers()
+                awaitingGangExit = true
+            case .launch(let restart):
+                for io in ranks { io.close(loop: loop) }
+                environment.resume = currentRecord()
+                console.report("restart \(restart): launching \(configuration.ranks) rank(s)")
+                if let code = launchGang(restart: restart) { exitCode = code }
             case .report(let line):
                 console.report(line)
             case .finish(let code):
@@ -355,43 +347,130 @@ public final class Supervisor {
         }
     }
 
+    /// Writes the record if every reported checkpoint exists; the event to feed back.
+    private func commit(step: Int, paths: [String?], trigger: String) -> CoordinatorEvent {
+        for (rank, path) in paths.enumerated() {
+            guard let path else { continue }
+            var info = stat()
+            if stat(path, &info) != 0 {
+                return .commitFailed("rank \(rank)'s checkpoint \(path) does not exist")
+            }
+        }
+        let record = CommitRecord(runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp())
+        do {
+            try AtomicFile.write(record.json, to: runDirectory + "/" + CommitRecord.fileName)
+            return .commitWritten
+        } catch {
+            return .commitFailed("\(error)")
+        }
+    }
+
+    /// The record on disk now (the one resumed from, or a later commit of this run).
+    private func currentRecord() -> CommitRecord? {
+        let path = runDirectory + "/" + CommitRecord.fileName
+        guard case .some(.some(let contents)) = try? AtomicFile.read(path) else { return nil }
+        return try? CommitRecord(contents: contents)
+    }
+
+    // MARK: - The guard and stragglers
+
+    private func watchGroup(_ pgid: pid_t) {
+        guard guardFD >= 0 else { return }
+        var value = Int32(pgid)
+        _ = withUnsafeBytes(of: &value) { writeAll(guardFD, $0) }
+    }
+
+    /// Tells the guard the coordinator is done on purpose, and reaps it.
+    private func stopGuard(_ code: Int32) -> Int32 {
+        guard guardFD >= 0 else { return code }
+        var zero: Int32 = 0
+        _ = withUnsafeBytes(of: &zero) { writeAll(guardFD, $0) }
+        closeDescriptor(guardFD)
+        guardFD = -1
+        if guardPID > 0 {
+            var status: Int32 = 0
+            while waitpid(guardPID, &status, 0) < 0 && errno == EINTR {}
+            guardPID = -1
+        }
+        return code
+    }
+
+    /// SIGKILL to every rank's process group and to every adopted orphan (a descendant that left its
+    /// group, then lost its parent). Returns how many groups or orphans were signalled.
+    @discardableResult
+    private func killStragglers() -> Int {
+        var signalled = 0
+        for io in ranks where io.process.groupExists {
+            io.process.signalGroup(SIGKILL)
+            signalled += 1
+        }
+        for pid in childPIDs() where pid != guardPID {
+            kill(pid, SIGKILL)
+            signalled += 1
+        }
+        return signalled
+    }
+
+    /// The coordinator's children as the kernel lists them, adopted orphans included.
+    private func childPIDs() -> [pid_t] {
+        let me = getpid()
+        guard let directory = opendir("/proc/\(me)/task") else { return [] }
+        defer { closedir(directory) }
+        var children: [pid_t] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard Int32(name) != nil,
+                  case .some(.some(let text)) = try? AtomicFile.read("/proc/\(me)/task/\(name)/children", limit: 1 << 20)
+            else { continue }
+            children += String(decoding: text, as: UTF8.self).split(separator: " ").compactMap { pid_t($0) }
+        }
+        return children
+    }
+
+    private func hasChildrenBesidesGuard() -> Bool {
+        childPIDs().contains { $0 != guardPID }
+    }
+
     // MARK: - The end
 
     private func finish(watcher: ControlFileWatcher) -> Int32 {
         let code = exitCode ?? ExitCode.systemError
         // Every rank has ended; take what is still in the pipes without waiting for an end of file a
         // grandchild may be holding back.
-        for process in processes {
-            for stream in 0..<2 where process.outputFDs[stream] >= 0 {
-                var buffer = [UInt8](repeating: 0, count: 65536)
-                while let count = buffer.withUnsafeMutableBytes({ readAvailable(process.outputFDs[stream], into: $0) }), count > 0 {
-                    for (line, _) in outputSplitters[process.rank][stream].append(buffer[0..<count]) {
-                        emit(line, rank: process.rank, stream: stream)
-                    }
+        for io in ranks {
+            for stream in 0..<2 {
+                for line in io.drainOutput(stream: stream) {
+                    console.rankLine(rank: io.process.rank, line, toStandardError: stream == 1)
                 }
-                if let rest = outputSplitters[process.rank][stream].finish() { emit(rest, rank: process.rank, stream: stream) }
             }
         }
-        for process in processes where process.groupExists {
-            console.report("killing what is left in rank \(process.rank)'s process group (pgid \(process.pid))")
-            process.signalGroup(SIGKILL)
+        if killStragglers() > 0 {
+            console.report("killed processes left behind by the ranks (process groups and orphans)")
         }
-        if let failure = coordinator.firstFailure {
+        reapChildren()
+        if let failure = coordinator.firstFailure, code == ExitCode.rankFailed, failure.rank < ranks.count {
+            let tail = ranks[failure.rank].tail
             console.report("rank \(failure.rank) failed first (\(failure.status)); last lines of \(runDirectory)/rank_\(failure.rank).log:")
-            for line in tails[failure.rank] { console.report("  | \(line)") }
+            if tail.isEmpty { console.report("  (no output)") }
+            for line in tail { console.report("  | \(line)") }
         }
-        console.report("summary:")
-        for line in RunSummary.table(ranks: coordinator.ranks, pids: processes.map(\.pid)) {
-            console.report("  " + line)
+        let attempts = coordinator.attempts
+        for attempt in attempts {
+            var title = attempts.count > 1 ? "attempt \(attempt.restart + 1) of \(attempts.count)" : "summary"
+            if let failure = attempt.failure { title += ": rank \(failure.rank) failed first (\(failure.status))" }
+            console.report(title + ":")
+            let pids = attempt.restart == coordinator.restarts ? ranks.map(\.process.pid) : []
+            for line in RunSummary.table(ranks: attempt.ranks, pids: pids) {
+                console.report("  " + line)
+            }
         }
         if stopTrigger == .controlFile { resetControlFile() }
         console.report(Self.describe(code))
-        for process in processes {
-            closeDescriptor(process.channelFD)
-            process.outputFDs.forEach(closeDescriptor)
-        }
+        for io in ranks { io.close(loop: loop) }
         logFDs.forEach(closeDescriptor)
-        return code
+        return stopGuard(code)
     }
 
     /// After a stop the control file asked for, its flag goes back to 0 (other keys kept), so the next
@@ -409,16 +488,6 @@ public final class Supervisor {
         } catch {
             console.report("warning: could not reset \(path): \(error); set \"\(ControlFileState.key)\" to 0 before the next launch")
         }
-    }
-
-    /// Launch failed half-way: kill what was started and reap it.
-    private func abortLaunch() {
-        for process in processes {
-            process.signalGroup(SIGKILL)
-            var status: Int32 = 0
-            while waitpid(process.pid, &status, 0) < 0 && errno == EINTR {}
-        }
-        logFDs.forEach(closeDescriptor)
     }
 
     static func describe(_ code: Int32) -> String {

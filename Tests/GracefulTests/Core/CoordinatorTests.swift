@@ -85,7 +85,7 @@ import Testing
         _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
         #expect(commits(machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0 + 1)).isEmpty)
         let last = machine.handle(.checkpointed(rank: 1, step: 5, path: "b"), now: t0 + 1)
-        #expect(last.contains(.commit(step: 5, paths: ["a", "b"], trigger: .signal(SignalNumber.interrupt))))
+        #expect(last.contains(.commit(step: 5, paths: ["a", "b"], trigger: "SIGINT")))
         let written = machine.handle(.commitWritten, now: t0 + 1)
         #expect(sends(written) == [0: .committed(step: 5), 1: .committed(step: 5)])
         _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0 + 2)
@@ -109,7 +109,7 @@ import Testing
     @Test func duplicateAndUnsolicitedConfirmationsAreIgnored() {
         var machine = coordinator(ranks: 2, speaking: [0, 1])
         let early = machine.handle(.checkpointed(rank: 0, step: 3, path: "x"), now: t0)
-        #expect(early.contains(.report("warning: rank 0 confirmed step 3 while no stop step was set; ignored")))
+        #expect(early.contains(.report("warning: rank 0 confirmed step 3 while no stop or checkpoint step was set; ignored")))
         _ = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
         _ = machine.handle(.position(rank: 0, id: 1, step: 4), now: t0)
         _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
@@ -145,6 +145,7 @@ import Testing
         let second = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0 + 1)
         #expect(signals(second) == [0: SignalNumber.terminate, 1: SignalNumber.terminate])
         #expect(machine.nextDeadline == t0 + 2)
+        #expect(signals(machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0 + 1.1)).isEmpty, "within the debounce")
         let third = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0 + 1.5)
         #expect(signals(third) == [0: SignalNumber.kill, 1: SignalNumber.kill])
         _ = machine.handle(.exited(rank: 0, .signaled(SignalNumber.kill)), now: t0 + 2)
@@ -204,7 +205,7 @@ import Testing
         _ = machine.handle(.position(rank: 0, id: 1, step: 9), now: t0)
         _ = machine.handle(.checkpointed(rank: 0, step: 10, path: "r0"), now: t0)
         let exit = machine.handle(.exited(rank: 1, .exited(0)), now: t0)
-        #expect(exit.contains(.commit(step: 10, paths: ["r0", nil], trigger: .controlFile)))
+        #expect(exit.contains(.commit(step: 10, paths: ["r0", nil], trigger: "control-file")))
     }
 
     @Test func aFailedCommitWriteEndsWithoutACommit() {
@@ -238,5 +239,153 @@ import Testing
         _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0)
         let later = machine.handle(.tick, now: t0 + 1000)
         #expect(signals(later)[0] == nil)
+    }
+
+    @Test func aSignalStormIsOneRequest() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        var actions: [CoordinatorAction] = []
+        for index in 0..<100 {
+            actions += machine.handle(.trigger(.signal(SignalNumber.terminate)), now: t0 + Double(index) * 0.001)
+        }
+        #expect(signals(actions).isEmpty)
+        #expect(actions.filter { if case .send(_, .stop) = $0 { return true } else { return false } }.count == 2)
+    }
+
+    // MARK: Restarts
+
+    func failAndClear(_ machine: inout Coordinator, at now: Instant) -> [CoordinatorAction] {
+        var actions = machine.handle(.exited(rank: 1, .exited(9)), now: now)
+        actions += machine.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: now)
+        return actions
+    }
+
+    @Test func aFailedGangIsClearedThenRelaunchedAfterAGrowingBackoff() {
+        let policy = StopPolicy(maxRestarts: 2, restartBackoff: 1)
+        var machine = Coordinator(rankCount: 2, policy: policy, resumedStep: 40)
+        _ = machine.handle(.launched, now: t0)
+        let failed = failAndClear(&machine, at: t0)
+        #expect(failed.contains(.awaitGangExit))
+        #expect(finish(failed) == nil)
+        #expect(machine.phase == .restarting(resumeAt: nil))
+        #expect(machine.handle(.tick, now: t0 + 100).isEmpty, "no relaunch before the gang is gone")
+        _ = machine.handle(.gangGone, now: t0 + 1)
+        #expect(machine.nextDeadline == t0 + 2)
+        #expect(!machine.handle(.tick, now: t0 + 1.9).contains(.launch(restart: 1)))
+        #expect(machine.handle(.tick, now: t0 + 2).contains(.launch(restart: 1)))
+        #expect(machine.ranks.allSatisfy { $0.isAlive && !$0.speaksProtocol })
+        _ = machine.handle(.launched, now: t0 + 2)
+        _ = failAndClear(&machine, at: t0 + 3)
+        _ = machine.handle(.gangGone, now: t0 + 3)
+        #expect(machine.nextDeadline == t0 + 5, "the second wait doubles")
+        #expect(machine.handle(.tick, now: t0 + 5).contains(.launch(restart: 2)))
+        _ = machine.handle(.launched, now: t0 + 5)
+        let last = failAndClear(&machine, at: t0 + 6)
+        #expect(finish(last) == ExitCode.rankFailed)
+        #expect(machine.attempts.count == 3)
+        #expect(machine.attempts.map { $0.failure?.rank } == [1, 1, 1])
+        #expect(machine.attempts.map(\.restart) == [0, 1, 2])
+    }
+
+    @Test func backoffIsCapped() {
+        let policy = StopPolicy(restartBackoff: 5)
+        #expect((1...6).map { policy.backoff(beforeRestart: $0) } == [5, 10, 20, 40, 60, 60])
+        #expect(StopPolicy(restartBackoff: 100).backoff(beforeRestart: 3) == 100)
+    }
+
+    @Test func aStopIsNeverAnsweredWithARestart() {
+        var machine = Coordinator(rankCount: 2, policy: StopPolicy(maxRestarts: 5))
+        _ = machine.handle(.hello(rank: 0), now: t0)
+        _ = machine.handle(.hello(rank: 1), now: t0)
+        _ = machine.handle(.trigger(.signal(SignalNumber.terminate)), now: t0)
+        _ = machine.handle(.exited(rank: 0, .exited(1)), now: t0)
+        let end = machine.handle(.exited(rank: 1, .exited(1)), now: t0)
+        #expect(!end.contains(.awaitGangExit))
+        #expect(finish(end) == ExitCode.notCommitted)
+    }
+
+    @Test func aStopDuringTheTeardownOrTheBackoffCancelsTheRestart() {
+        var tearing = Coordinator(rankCount: 2, policy: StopPolicy(maxRestarts: 5))
+        _ = tearing.handle(.exited(rank: 1, .exited(9)), now: t0)
+        _ = tearing.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
+        let end = tearing.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0)
+        #expect(finish(end) == ExitCode.rankFailed && !end.contains(.awaitGangExit))
+
+        var waiting = Coordinator(rankCount: 2, policy: StopPolicy(maxRestarts: 5))
+        _ = failAndClear(&waiting, at: t0)
+        _ = waiting.handle(.gangGone, now: t0)
+        #expect(finish(waiting.handle(.trigger(.controlFile), now: t0 + 0.5)) == ExitCode.rankFailed)
+        #expect(!waiting.handle(.tick, now: t0 + 100).contains(.launch(restart: 1)))
+    }
+
+    // MARK: Checkpoints without stopping
+
+    func checkpointRound(_ machine: inout Coordinator, at now: Instant) -> [CoordinatorAction] {
+        var actions = machine.handle(.position(rank: 0, id: 1, step: 10), now: now)
+        actions += machine.handle(.position(rank: 1, id: 1, step: 11), now: now)
+        return actions
+    }
+
+    @Test func periodicCheckpointsCommitAndTrainingGoesOn() {
+        var machine = Coordinator(rankCount: 2, policy: StopPolicy(checkpointEvery: 60))
+        _ = machine.handle(.hello(rank: 0), now: t0)
+        _ = machine.handle(.hello(rank: 1), now: t0)
+        _ = machine.handle(.launched, now: t0)
+        #expect(machine.nextDeadline == t0 + 60)
+        #expect(sends(machine.handle(.tick, now: t0 + 59)).isEmpty)
+        #expect(sends(machine.handle(.tick, now: t0 + 60)) == [
+            0: .checkpoint(id: 1, trigger: "periodic"), 1: .checkpoint(id: 1, trigger: "periodic"),
+        ])
+        #expect(sends(checkpointRound(&machine, at: t0 + 60)) == [
+            0: .checkpointAt(id: 1, step: 12), 1: .checkpointAt(id: 1, step: 12),
+        ])
+        _ = machine.handle(.checkpointed(rank: 0, step: 12, path: "a"), now: t0 + 61)
+        let done = machine.handle(.checkpointed(rank: 1, step: 12, path: "b"), now: t0 + 61)
+        #expect(done.contains(.commit(step: 12, paths: ["a", "b"], trigger: "periodic")))
+        let written = machine.handle(.commitWritten, now: t0 + 61)
+        #expect(sends(written) == [0: .committed(step: 12), 1: .committed(step: 12)])
+        #expect(machine.lastCommittedStep == 12)
+        #expect(machine.phase == .running(checkpoint: nil))
+        #expect(machine.nextDeadline == t0 + 121, "the next round is measured from the end of this one")
+    }
+
+    @Test func aCheckpointRoundThatTimesOutSignalsNobody() {
+        var machine = Coordinator(rankCount: 2, policy: StopPolicy(grace: 30))
+        _ = machine.handle(.hello(rank: 0), now: t0)
+        _ = machine.handle(.hello(rank: 1), now: t0)
+        _ = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        _ = checkpointRound(&machine, at: t0)
+        _ = machine.handle(.checkpointed(rank: 0, step: 12, path: "a"), now: t0 + 1)
+        let late = machine.handle(.tick, now: t0 + 30)
+        #expect(signals(late).isEmpty && commits(late).isEmpty)
+        #expect(late.contains(.report("warning: checkpoint round abandoned: rank(s) 1 did not confirm within 30s; the previous record stays, training goes on")))
+        #expect(machine.phase == .running(checkpoint: nil))
+    }
+
+    @Test func aCheckpointPastItsStepAbandonsTheRound() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        _ = checkpointRound(&machine, at: t0)
+        let passed = machine.handle(.checkpointed(rank: 1, step: 14, path: "b"), now: t0)
+        #expect(commits(passed).isEmpty && machine.phase == .running(checkpoint: nil))
+    }
+
+    @Test func aStopSupersedesACheckpointRoundAndIgnoresItsLateConfirmations() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        _ = checkpointRound(&machine, at: t0)
+        _ = machine.handle(.trigger(.signal(SignalNumber.terminate)), now: t0 + 1)
+        _ = machine.handle(.position(rank: 0, id: 2, step: 13), now: t0 + 1)
+        _ = machine.handle(.position(rank: 1, id: 2, step: 13), now: t0 + 1)
+        let late = machine.handle(.checkpointed(rank: 0, step: 12, path: "old"), now: t0 + 1)
+        #expect(late.isEmpty, "a late checkpoint of the superseded round is neither an error nor a confirmation")
+        _ = machine.handle(.checkpointed(rank: 0, step: 14, path: "a"), now: t0 + 2)
+        let done = machine.handle(.checkpointed(rank: 1, step: 14, path: "b"), now: t0 + 2)
+        #expect(done.contains(.commit(step: 14, paths: ["a", "b"], trigger: "SIGTERM")))
+    }
+
+    @Test func aSecondCheckpointRequestDuringARoundIsIgnored() {
+        var machine = coordinator(ranks: 1, speaking: [0])
+        _ = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        #expect(sends(machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)).isEmpty)
     }
 }

@@ -201,8 +201,11 @@ import Testing
         try run.waitFor("]: ready", count: 2)
         run.signal(SIGINT)
         try run.waitFor("refuses to confirm", count: 2)
+        // Signals closer together than the debounce count once; this pause is the feature's, not a wait.
+        usleep(300_000)
         run.signal(SIGINT)
         try run.waitFor("SIGINT again: sending SIGTERM")
+        usleep(300_000)
         run.signal(SIGINT)
         #expect(try run.waitForExit() == 130, "\(run.output)")
         #expect(run.stderr.contains("SIGINT again: sending SIGKILL"))
