@@ -3,13 +3,15 @@
 Commands (one per line on stdin):
   N           run N steps, each ending at a boundary
   run SECS    run steps 10 ms apart until a stop or SECS seconds have passed
-  time N      time N calls of should_stop with nothing pending
+  time N      time N calls of should_stop, then N boundaries of should_stop and
+              should_checkpoint, with nothing pending
   checkpointed STEP   call rank.checkpointed(STEP, None)
   info        report the client's state
 Reports go to stdout, one JSON object per line: {"at": s} just before should_stop(s),
-{"boundary": s, "stop": bool} after it, and one object per other command. On a stop the script
-calls checkpointed(s, "ckpt/step_<s>") and exits 0, unless --keep-going. A KeyboardInterrupt is
-reported as {"keyboard_interrupt": true} with exit status 3.
+{"boundary": s, "stop": bool, "checkpoint": bool} after it and should_checkpoint(s) (called only
+when should_stop returned False), and one object per other command. On a stop the script calls
+checkpointed(s, "ckpt/step_<s>") and exits 0, unless --keep-going; on a checkpoint it calls the same
+and keeps going. A KeyboardInterrupt is reported as {"keyboard_interrupt": true} with exit status 3.
 """
 
 import argparse
@@ -36,6 +38,7 @@ def info(rank, channel_fd):
         "rank": rank.rank, "world_size": rank.world_size, "local_rank": rank.local_rank,
         "resume_step": rank.resume_step, "resume_path": rank.resume_path,
         "stop_step": rank.stop_step, "trigger": rank.trigger,
+        "checkpoint_trigger": rank.checkpoint_trigger,
         "committed_step": rank.committed_step, "same_instance": graceful_exit.Rank() is rank,
     }
 
@@ -43,13 +46,16 @@ def info(rank, channel_fd):
 def boundary(rank, step, keep_going):
     report(at=step)
     stop = rank.should_stop(step)
-    report(boundary=step, stop=stop)
+    checkpoint = not stop and rank.should_checkpoint(step)
+    report(boundary=step, stop=stop, checkpoint=checkpoint)
     if stop:
         rank.checkpointed(step, f"ckpt/step_{step}")
         report(checkpointed=step, stop_step=rank.stop_step, trigger=rank.trigger)
         if not keep_going:
             sys.exit(0)
-    return stop
+    elif checkpoint:
+        rank.checkpointed(step, f"ckpt/step_{step}")
+        report(checkpointed=step, checkpoint_trigger=rank.checkpoint_trigger)
 
 
 def main():
@@ -79,12 +85,17 @@ def main():
         elif words[0] == "time":
             count = int(words[1])
             should_stop = rank.should_stop
+            should_checkpoint = rank.should_checkpoint
             start = time.perf_counter_ns()
             for i in range(step + 1, step + 1 + count):
                 should_stop(i)
-            elapsed = time.perf_counter_ns() - start
-            step += count
-            report(ns_per_call=elapsed / count)
+            middle = time.perf_counter_ns()
+            for i in range(step + 1 + count, step + 1 + 2 * count):
+                if not should_stop(i):
+                    should_checkpoint(i)
+            end = time.perf_counter_ns()
+            step += 2 * count
+            report(ns_per_call=(middle - start) / count, ns_per_boundary=(end - middle) / count)
         elif words[0] == "checkpointed":
             rank.checkpointed(int(words[1]), None)
             report(checkpointed_returned=True)

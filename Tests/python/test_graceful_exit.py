@@ -40,11 +40,13 @@ class RankTestCase(unittest.TestCase):
         self.assertEqual({key: event.get(key) for key in fields}, fields, event)
         return event
 
-    def expect_boundaries(self, rank, first, last, stop_at=None):
-        """Awaits the reports of boundaries first..last; only `stop_at` (if any) returns True."""
+    def expect_boundaries(self, rank, first, last, stop_at=None, checkpoint_at=None):
+        """Awaits the reports of boundaries first..last; should_stop is True only at `stop_at`
+        and should_checkpoint only at `checkpoint_at` (if any). A checkpoint, if any, is last."""
         for step in range(first, last + 1):
             self.expect(rank, at=step)
-            self.expect(rank, boundary=step, stop=step == stop_at)
+            self.expect(rank, boundary=step, stop=step == stop_at,
+                        checkpoint=step == checkpoint_at)
 
     def run_steps(self, rank, first, count):
         rank.write(str(count))
@@ -82,6 +84,25 @@ class CoordinatedTests(RankTestCase):
         self.expect(rank, checkpointed=step, stop_step=stop_step, trigger=trigger)
         self.assertEqual(rank.channel.receive(),
                          {"type": "checkpointed", "step": step, "path": f"ckpt/step_{step}"})
+
+    def checkpoint(self, rank, position, request_id=1, trigger="periodic"):
+        rank.channel.send({"type": "checkpoint", "id": request_id, "trigger": trigger})
+        self.assertEqual(rank.channel.receive(),
+                         {"type": "position", "id": request_id, "step": position})
+
+    def checkpoint_at(self, rank, step, request_id=1):
+        rank.channel.send({"type": "checkpoint_at", "id": request_id, "step": step})
+
+    def expect_checkpoint(self, rank, step, trigger="periodic"):
+        """Awaits the checkpoint of `step` that the rank reports right after its boundary."""
+        self.expect(rank, checkpointed=step, checkpoint_trigger=trigger)
+        self.assertEqual(rank.channel.receive(),
+                         {"type": "checkpointed", "step": step, "path": f"ckpt/step_{step}"})
+
+    def expect_info(self, rank, **fields):
+        rank.write("info")
+        info = self.event(rank)["info"]
+        self.assertEqual({key: info[key] for key in fields}, fields, info)
 
     def test_hello_comes_first_and_the_channel_is_taken_over(self):
         env = {"RANK": 2, "WORLD_SIZE": 4, "LOCAL_RANK": 1, "GRACEFUL_RESUME_STEP": 41,
@@ -231,13 +252,153 @@ class CoordinatedTests(RankTestCase):
         self.expect_confirmation(rank, 3, stop_step=3)
         self.expect_exit(rank)
 
+    def test_a_checkpoint_round_saves_at_its_step_and_training_goes_on(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 5)
+        # Answered while the loop blocks reading stdin, as it would inside an all-reduce.
+        self.checkpoint(rank, 5)
+        rank.write("5")
+        self.expect(rank, at=6)
+        self.expect_no_event(rank, 0.3)
+        self.checkpoint_at(rank, 8)
+        self.expect(rank, boundary=6, stop=False, checkpoint=False)
+        self.expect_boundaries(rank, 7, 8, checkpoint_at=8)
+        self.expect_checkpoint(rank, 8)
+        self.expect_boundaries(rank, 9, 10)
+        # A second round works the same way; neither touched the stop's state.
+        self.checkpoint(rank, 10, request_id=2, trigger="SIGUSR2")
+        self.checkpoint_at(rank, 11, request_id=2)
+        rank.write("2")
+        self.expect_boundaries(rank, 11, 11, checkpoint_at=11)
+        self.expect_checkpoint(rank, 11, trigger="SIGUSR2")
+        self.expect_boundaries(rank, 12, 12)
+        self.expect_info(rank, stop_step=None, trigger=None, checkpoint_trigger="SIGUSR2")
+        self.expect_exit(rank)
+
+    def test_a_target_of_another_request_or_kind_is_ignored(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 5)
+        self.checkpoint(rank, 5, request_id=2)
+        self.checkpoint_at(rank, 6, request_id=1)
+        self.stop_at(rank, 6, stop_id=2)
+        rank.write("5")
+        self.expect(rank, at=6)
+        self.expect_no_event(rank, 0.3)
+        self.checkpoint_at(rank, 8, request_id=2)
+        self.expect(rank, boundary=6, stop=False, checkpoint=False)
+        self.expect_boundaries(rank, 7, 8, checkpoint_at=8)
+        self.expect_checkpoint(rank, 8)
+        self.expect_boundaries(rank, 9, 10)
+        self.expect_exit(rank)
+
+    def test_a_stop_replaces_a_pending_checkpoint_round(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 5)
+        self.checkpoint(rank, 5)
+        self.checkpoint_at(rank, 7)
+        self.run_steps(rank, 6, 1)
+        self.stop(rank, 6, stop_id=2)
+        self.checkpoint_at(rank, 7)  # late, for the replaced round
+        self.stop_at(rank, 8, stop_id=2)
+        rank.write("10")
+        self.expect_boundaries(rank, 7, 8, stop_at=8)
+        self.expect_confirmation(rank, 8, stop_step=8)
+        self.expect_exit(rank)
+
+    def test_a_stop_replaces_a_checkpoint_round_the_rank_waits_for(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 5)
+        self.checkpoint(rank, 5)
+        rank.write("10")
+        self.expect(rank, at=6)
+        # Nothing tells when the rank waits inside should_stop(6); this gives it the time to.
+        self.expect_no_event(rank, 0.3)
+        rank.channel.send({"type": "stop", "id": 2, "trigger": "SIGTERM"})
+        answer = rank.channel.receive()
+        position = answer["step"]
+        self.assertEqual(answer, {"type": "position", "id": 2, "step": position})
+        self.assertIn(position, (5, 6))
+        if position == 6:
+            # The stop's T is at least 7: the waiting boundary passes at once, and 7 waits.
+            self.expect(rank, boundary=6, stop=False, checkpoint=False)
+            self.expect(rank, at=7)
+        self.stop_at(rank, position + 1, stop_id=2)
+        self.expect(rank, boundary=position + 1, stop=True, checkpoint=False)
+        self.expect_confirmation(rank, position + 1, stop_step=position + 1, trigger="SIGTERM")
+        self.expect_exit(rank)
+
+    def test_a_checkpoint_request_while_a_stop_is_pending_is_ignored(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 5)
+        self.stop(rank, 5)
+        rank.channel.send({"type": "checkpoint", "id": 2, "trigger": "periodic"})
+        self.checkpoint_at(rank, 6, request_id=2)
+        self.stop_at(rank, 7)
+        rank.write("10")
+        self.expect_boundaries(rank, 6, 7, stop_at=7)
+        # The next message on the channel is the confirmation: the checkpoint got no answer.
+        self.expect_confirmation(rank, 7, stop_step=7)
+        self.expect_exit(rank)
+
+    def test_a_rank_past_the_checkpoint_step_checkpoints_at_its_next_boundary(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 5)
+        self.checkpoint(rank, 5)
+        # As if this answer had come too late and the others had chosen T = 4.
+        self.checkpoint_at(rank, 4)
+        rank.write("2")
+        self.expect_boundaries(rank, 6, 6, checkpoint_at=6)
+        self.expect_checkpoint(rank, 6)
+        self.expect_boundaries(rank, 7, 7)
+        # The same when T arrives while the rank waits at a boundary past it.
+        self.checkpoint(rank, 7, request_id=2)
+        rank.write("2")
+        self.expect(rank, at=8)
+        self.checkpoint_at(rank, 7, request_id=2)
+        self.expect(rank, boundary=8, stop=False, checkpoint=True)
+        self.expect_checkpoint(rank, 8)
+        self.expect_boundaries(rank, 9, 9)
+        self.expect_exit(rank)
+
+    def test_checkpoint_at_null_checkpoints_at_the_first_boundary(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.checkpoint(rank, None)
+        self.checkpoint_at(rank, None)
+        rank.write("2")
+        self.expect_boundaries(rank, 1, 1, checkpoint_at=1)
+        self.expect_checkpoint(rank, 1)
+        self.expect_boundaries(rank, 2, 2)
+        self.expect_exit(rank)
+
+    def test_end_of_file_during_a_checkpoint_round_stops_at_the_waiting_boundary(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 3)
+        self.checkpoint(rank, 3)
+        rank.write("10")
+        self.expect(rank, at=4)
+        rank.channel.close()
+        self.expect(rank, boundary=4, stop=True, checkpoint=False)
+        self.expect(rank, checkpointed=4, stop_step=4, trigger="channel-closed")
+        self.expect_exit(rank)
+
     def test_fast_path_cost(self):
         rank = self.start()
         rank.channel.receive()
         rank.write("time 1000000")
-        cost = self.event(rank)["ns_per_call"]
-        print(f"\nshould_stop, coordinated, nothing pending: {cost:.1f} ns/call "
+        costs = self.event(rank)
+        print(f"\nshould_stop, coordinated, nothing pending: {costs['ns_per_call']:.1f} ns/call "
               "(1,000,000 calls, loop included)", file=sys.stderr)
+        print(f"should_stop + should_checkpoint, coordinated, nothing pending: "
+              f"{costs['ns_per_boundary']:.1f} ns/call (1,000,000 boundaries, loop included)",
+              file=sys.stderr)
         self.expect_exit(rank)
 
 

@@ -1,6 +1,6 @@
-"""Tests of examples/python/train.py and torch_ddp.py: determinism, and a coordinated stop and
-resume of two ranks with the test playing the coordinator. The torch_ddp.py tests that need
-PyTorch are skipped where it is not installed."""
+"""Tests of examples/python/train.py and torch_ddp.py: determinism, a coordinated stop and resume
+of two ranks, and checkpoints without stopping, with the test playing the coordinator. The
+torch_ddp.py tests that need PyTorch are skipped where it is not installed."""
 
 import importlib.util
 import json
@@ -59,13 +59,32 @@ class JobTestCase(unittest.TestCase):
             if line is None:
                 self.fail(f"the rank exited before printing {prefix!r}: {child.stderr.text()}")
             if line.startswith(prefix):
-                return
+                return line
+
+    def round(self, ranks, kind, request_id, trigger, extension="json"):
+        """Plays one round of the coordinator: sends `kind` ("stop" or "checkpoint"), chooses
+        T = 1 + the largest position, sends it, and awaits every rank's confirmation of T with
+        its path. Returns T."""
+        for child in ranks:
+            child.channel.send({"type": kind, "id": request_id, "trigger": trigger})
+        positions = [child.channel.receive() for child in ranks]
+        self.assertEqual([(p["type"], p["id"]) for p in positions],
+                         [("position", request_id)] * len(ranks))
+        step = 1 + max(p["step"] for p in positions)
+        for child in ranks:
+            child.channel.send({"type": f"{kind}_at", "id": request_id, "step": step})
+        for rank, child in enumerate(ranks):
+            self.assertEqual(child.channel.receive(),
+                             {"type": "checkpointed", "step": step,
+                              "path": f"ckpt/rank{rank}/step_{step}.{extension}"})
+        return step
 
     def stop_resume_and_whole_run(self, script, extension):
-        """Runs two ranks of `script`, stops them through their channels as the coordinator
-        would, resumes them from their checkpoints, and runs the whole job again elsewhere without
-        a stop. Returns the directory of the stopped-and-resumed run, the checkpoints of the stop
-        in it, and the directory of the whole run."""
+        """Runs two ranks of `script`, has them checkpoint without stopping, then stops them
+        through their channels as the coordinator would, resumes them from their checkpoints of the
+        stop, and runs the whole job again elsewhere without a stop. Returns the directory of the
+        stopped-and-resumed run, the checkpoints of the stop in it, and the directory of the whole
+        run."""
         args = ("--steps", "300", "--step-time", "0.002", "--log-every", "50",
                 "--checkpoint-dir", "ckpt")
         stopped = self.directory("stopped")
@@ -73,22 +92,15 @@ class JobTestCase(unittest.TestCase):
         for child in ranks:
             self.assertEqual(child.channel.receive()["type"], "hello")
         self.await_line(ranks[0], "step 50:")
-
-        for child in ranks:
-            child.channel.send({"type": "stop", "id": 1, "trigger": "SIGINT"})
-        positions = [child.channel.receive() for child in ranks]
-        self.assertEqual([p["type"] for p in positions], ["position"] * 2)
-        stop_step = 1 + max(p["step"] for p in positions)
+        checkpoint_step = self.round(ranks, "checkpoint", 1, "periodic", extension)
+        for rank in range(2):
+            self.assertTrue(os.path.exists(os.path.join(
+                stopped, f"ckpt/rank{rank}/step_{checkpoint_step}.{extension}")))
+        stop_step = self.round(ranks, "stop", 2, "SIGINT", extension)
         self.assertLess(stop_step, 300)
         for child in ranks:
-            child.channel.send({"type": "stop_at", "id": 1, "step": stop_step})
-        paths = []
-        for rank, child in enumerate(ranks):
-            path = f"ckpt/rank{rank}/step_{stop_step}.{extension}"
-            self.assertEqual(child.channel.receive(),
-                             {"type": "checkpointed", "step": stop_step, "path": path})
             self.finish(child)
-            paths.append(path)
+        paths = [f"ckpt/rank{rank}/step_{stop_step}.{extension}" for rank in range(2)]
 
         resumed = self.job(script, stopped, 2, *args, env_of=lambda rank: {
             "GRACEFUL_RESUME_STEP": stop_step, "GRACEFUL_RESUME_PATH": paths[rank]})
@@ -133,6 +145,66 @@ class TrainTests(JobTestCase):
         for rank in range(2):
             final = os.path.join("ckpt", f"final_rank{rank}.json")
             self.assertEqual(read(os.path.join(stopped, final)), read(os.path.join(whole, final)))
+
+    def test_checkpoints_without_stopping_then_a_stop_and_the_cleanup_of_older_ones(self):
+        cwd = self.directory("run")
+        folders = [os.path.join(cwd, "ckpt", f"rank{rank}") for rank in range(2)]
+        # Besides an old checkpoint, files the cleanup must leave: a checkpoint newer than any
+        # commit, and files that are not checkpoints.
+        others = ["step_99999999.json", "step_x.json", "step_1.json.bak", "notes.txt"]
+        for folder in folders:
+            os.makedirs(folder)
+            for name in ["step_3.json", *others]:
+                with open(os.path.join(folder, name), "w") as f:
+                    f.write("{}\n")
+
+        def present():
+            return [sorted(os.listdir(folder)) for folder in folders]
+
+        def expect_present(*steps):
+            self.assertEqual(present(), [sorted(others + [f"step_{s}.json" for s in steps])] * 2)
+
+        ranks = self.job(support.TRAIN, cwd, 2, "--steps", "100000", "--step-time", "0.002",
+                         "--log-every", "50", "--checkpoint-dir", "ckpt", channel=True)
+        for child in ranks:
+            self.assertEqual(child.channel.receive()["type"], "hello")
+        self.await_line(ranks[0], "step 50:")
+
+        first = self.round(ranks, "checkpoint", 1, "periodic")
+        for rank, child in enumerate(ranks):
+            self.assertEqual(
+                self.await_line(child, f"rank {rank}/2: checkpoint"),
+                f"rank {rank}/2: checkpoint at step {first} (periodic) saved "
+                f"ckpt/rank{rank}/step_{first}.json\n")
+            state = json.loads(read(os.path.join(folders[rank], f"step_{first}.json")))
+            self.assertEqual(state["step"], first)
+        expect_present(3, first)  # nothing committed yet: nothing deleted
+
+        for child in ranks:
+            child.channel.send({"type": "committed", "step": first})
+        # The reader handles messages in order, so the save of the next round sees the commit.
+        second = self.round(ranks, "checkpoint", 2, "SIGUSR2")
+        self.assertGreater(second, first)  # training went on past the first checkpoint
+        expect_present(first, second)
+
+        for child in ranks:
+            child.channel.send({"type": "committed", "step": second})
+        stop_step = self.round(ranks, "stop", 3, "SIGTERM")
+        for rank, child in enumerate(ranks):
+            self.finish(child)
+            self.assertIn(f"rank {rank}/2: stopped after step {stop_step} (SIGTERM)",
+                          child.stdout.text())
+        expect_present(second, stop_step)
+
+        # The checkpoint taken while training went on resumes to the very bits of the stop's.
+        resumed = self.job(support.TRAIN, cwd, 2, "--steps", str(stop_step), "--checkpoint-dir",
+                           "ckpt", env_of=lambda rank: {
+                               "GRACEFUL_RESUME_STEP": second,
+                               "GRACEFUL_RESUME_PATH": f"ckpt/rank{rank}/step_{second}.json"})
+        for rank, child in enumerate(resumed):
+            self.finish(child)
+            self.assertEqual(read(os.path.join(cwd, "ckpt", f"final_rank{rank}.json")),
+                             read(os.path.join(folders[rank], f"step_{stop_step}.json")))
 
 
 class TorchDDPTests(JobTestCase):

@@ -1,4 +1,4 @@
-"""Stop every rank of a training job after the same step, and checkpoint there.
+"""Stop or checkpoint every rank of a training job after the same step.
 
 Usage::
 
@@ -15,20 +15,30 @@ Usage::
             path = save_state(step)
             rank.checkpointed(step, path)
             sys.exit(0)
+        elif rank.should_checkpoint(step):    # right after should_stop, at every boundary too
+            path = save_state(step)
+            rank.checkpointed(step, path)     # and keep training
 
 Under the `graceful` coordinator (GRACEFUL_CHANNEL_FD is set) the client speaks the rank protocol
-of docs/PROTOCOL.md: a reader thread answers each stop request at once with the rank's last
-boundary, and `should_stop` returns True exactly at the stop step T the coordinator chose, so all
-ranks run the same steps and none is left alone in a collective. Anywhere else (plain `python`,
-`torchrun`) it returns True at the next boundary after SIGINT, SIGTERM, or a control file holding
-{"GracefulExit": 1} (MindSpore's convention; "graceful_exit.json" in the working directory unless
-GRACEFUL_CONTROL_FILE or the constructor says otherwise); a second SIGINT raises KeyboardInterrupt.
+of docs/PROTOCOL.md: a reader thread answers each stop or checkpoint request at once with the
+rank's last boundary; `should_stop` returns True exactly at the stop step T the coordinator chose,
+and `should_checkpoint` exactly at the step T of a checkpoint without stopping, so all ranks save
+after the same step and none is left alone in a collective. Anywhere else (plain `python`,
+`torchrun`) `should_stop` returns True at the next boundary after SIGINT, SIGTERM, or a control
+file holding {"GracefulExit": 1} (MindSpore's convention; "graceful_exit.json" in the working
+directory unless GRACEFUL_CONTROL_FILE or the constructor says otherwise); a second SIGINT raises
+KeyboardInterrupt.
 
 Guarantees:
 
-- While nothing is pending, `should_stop` makes no system call and costs well under a microsecond.
-- It blocks only at the first boundary after the rank answered a stop request, and only until the
-  coordinator sends T or goes away. Once it has returned True it keeps returning True.
+- While nothing is pending, `should_stop` makes no system call and costs well under a microsecond;
+  `should_checkpoint` never takes a lock nor makes a system call.
+- `should_stop` blocks only at the first boundary after the rank answered a stop or checkpoint
+  request, and only until the coordinator sends T or goes away. Once it has returned True it keeps
+  returning True.
+- `should_checkpoint(step)` is True once per checkpoint round: at its T, or at the rank's next
+  boundary when the rank was already past T. It is always False without the coordinator. A stop
+  replaces a pending checkpoint round: that round never fires.
 - `checkpointed` never raises because the coordinator is gone.
 - `Rank()` is a per-process singleton (later calls return the first instance and ignore their
   arguments): it owns the channel, and removes GRACEFUL_CHANNEL_FD from os.environ and makes the
@@ -51,7 +61,10 @@ MAX_LINE = 65536
 # Seconds between two stats of the control file (standalone mode).
 CONTROL_FILE_POLL = 0.5
 
-_UNKNOWN = object()  # T before stop_at arrives, and the answer before any stop request
+_UNKNOWN = object()  # a request's T before its stop_at / checkpoint_at arrives
+_STOP = "stop"
+_CHECKPOINT = "checkpoint"
+_KIND_OF_TARGET = {"stop_at": _STOP, "checkpoint_at": _CHECKPOINT}
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 _instance = None
@@ -80,13 +93,26 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class _Request:
+    """The coordinator's current stop or checkpoint request."""
+
+    __slots__ = ("kind", "id", "trigger", "answered", "target")
+
+    def __init__(self, kind, request_id, trigger, answered):
+        self.kind = kind
+        self.id = request_id
+        self.trigger = trigger
+        self.answered = answered  # the position sent in the answer
+        self.target = _UNKNOWN    # T: an int, or None for "at the next boundary"
+
+
 class Rank:
     """This process's view of the job; see the module docstring."""
 
     __slots__ = (
         "rank", "world_size", "local_rank", "resume_step", "resume_path",
-        "_position", "_attention", "_stop_now", "_stopped", "_t", "_answered", "_stop_step",
-        "_trigger", "_committed", "_cond", "_write_lock", "_sock",
+        "_position", "_attention", "_stop_now", "_stopped", "_request", "_ckpt_due", "_stop_step",
+        "_trigger", "_checkpoint_trigger", "_committed", "_cond", "_write_lock", "_sock",
         "_control_file", "_control_key", "_warned",
     )
 
@@ -106,15 +132,18 @@ class Rank:
         self.resume_step = _env_int("GRACEFUL_RESUME_STEP", None)
         self.resume_path = os.environ.get("GRACEFUL_RESUME_PATH") or None
         # _position is stored at every boundary; _attention is the one flag the fast path tests,
-        # set whenever anything (a request, T, end of file, a trigger) needs the slow path.
+        # set whenever anything (a request, end of file, a trigger) needs the slow path.
+        # _stop_now: end of file, or a trigger in standalone mode. _ckpt_due: the step at which
+        # should_checkpoint returns True; only the training loop's thread touches it.
         self._position = None
         self._attention = False
         self._stop_now = False
         self._stopped = False
-        self._t = _UNKNOWN
-        self._answered = _UNKNOWN
+        self._request = None
+        self._ckpt_due = None
         self._stop_step = None
         self._trigger = None
+        self._checkpoint_trigger = None
         self._committed = None
         self._cond = threading.Condition(threading.Lock())
         self._write_lock = threading.Lock()
@@ -153,6 +182,12 @@ class Rank:
         return self._trigger
 
     @property
+    def checkpoint_trigger(self):
+        """What requested the checkpoint of the last round that should_checkpoint returned True
+        for ("periodic", "SIGUSR2", ...), or None."""
+        return self._checkpoint_trigger
+
+    @property
     def committed_step(self):
         """The last step the coordinator reported committed, or None."""
         return self._committed
@@ -165,6 +200,14 @@ class Rank:
             return self._decide(step)
         return False
 
+    def should_checkpoint(self, step):
+        """Call right after should_stop(step) returned False, at every boundary. True: save, call
+        checkpointed(step, path), and keep training."""
+        if self._ckpt_due == step:
+            self._ckpt_due = None
+            return True
+        return False
+
     def checkpointed(self, step, path):
         """Report that the state after `step` was saved at `path` (str, path-like or None)."""
         if self._sock is not None:
@@ -175,24 +218,40 @@ class Rank:
 
     def _decide(self, step):
         with self._cond:
-            while not self._stopped:
-                t = self._t
-                if _is_int(t) and step >= t:
-                    # step == T, or past T (rule 5): either way this boundary is the one to save.
+            while True:
+                if self._stopped:
+                    return True
+                if self._stop_now:
+                    # A stop's T stays stop_step when this boundary is T or past it (rule 5).
+                    if self._stop_step is None or step < self._stop_step:
+                        self._stop_step = step
                     self._stopped = True
-                elif self._stop_now or t is None:
-                    self._stop_step = step
-                    self._stopped = True
-                elif t is not _UNKNOWN:
+                    return True
+                request = self._request
+                if request is None:
+                    # Nothing else needs the slow path: the stop triggers were tested above.
+                    self._attention = False
                     return False
-                elif self._answered is not _UNKNOWN and (
-                        self._answered is None or step > self._answered):
+                target = request.target
+                if target is _UNKNOWN:
+                    answered = request.answered
+                    if answered is not None and step <= answered:
+                        return False
                     # Rule 3: the first boundary after the answered one waits for T. T >= every
                     # answered position + 1, so no other rank needs this one to go further.
                     self._cond.wait()
-                else:
+                    continue
+                if target is not None and step < target:
                     return False
-            return True
+                # step == T, or past T (rule 5): either way this boundary is the one to save.
+                if request.kind == _STOP:
+                    if target is None:
+                        self._stop_step = step
+                    self._stopped = True
+                    return True
+                self._ckpt_due = step
+                self._checkpoint_trigger = request.trigger
+                self._request = None  # the round is over: the next pass clears the flag
 
     # -- coordinator mode ---------------------------------------------------------------------
 
@@ -252,25 +311,41 @@ class Rank:
         if not isinstance(message, dict):
             return
         kind = message.get("type")
-        if kind == "stop":
+        if kind in (_STOP, _CHECKPOINT):
+            request_id = message.get("id")
             trigger = message.get("trigger")
+            trigger = trigger if isinstance(trigger, str) else None
             with self._cond:
-                if self._trigger is None and isinstance(trigger, str):
-                    self._trigger = trigger
+                current = self._request
+                if kind == _CHECKPOINT and current is not None and current.kind == _STOP:
+                    return  # a checkpoint never replaces a stop (and gets no answer)
+                if kind == _STOP:
+                    if self._trigger is None:
+                        self._trigger = trigger
+                    if not self._stopped:  # once stopped, stop_step stays what it was
+                        self._stop_step = None  # a replaced stop's T no longer holds
                 # Raise the flag before reading the position: should_stop stores the position
                 # before testing the flag, so a boundary that missed the flag is in the answer.
                 self._attention = True
                 position = self._position
-                self._answered = position
-            self._send({"type": "position", "id": message.get("id"), "step": position})
-        elif kind == "stop_at":
+                # Any older request is forgotten, with its T; a boundary waiting for that T
+                # re-decides under this one.
+                self._request = _Request(kind, request_id, trigger, position)
+                self._cond.notify_all()
+            self._send({"type": "position", "id": request_id, "step": position})
+        elif kind in _KIND_OF_TARGET:
             t = message.get("step")
             if t is None or _is_int(t):
                 with self._cond:
-                    self._t = t
-                    if t is not None:
+                    request = self._request
+                    # Only T of the current request counts: an *_at of a forgotten request, or
+                    # of the other kind, is ignored.
+                    if (request is None or request.id != message.get("id")
+                            or request.kind != _KIND_OF_TARGET[kind]):
+                        return
+                    request.target = t
+                    if request.kind == _STOP and t is not None and not self._stopped:
                         self._stop_step = t
-                    self._attention = True
                     self._cond.notify_all()
         elif kind == "committed":
             step = message.get("step")
@@ -291,7 +366,7 @@ class Rank:
         threading.Thread(target=self._watch_control_file, name="graceful-exit-control-file",
                          daemon=True).start()
 
-    def _request(self, trigger):
+    def _request_stop(self, trigger):
         # No lock: this runs in signal handlers, possibly while the main thread holds _cond.
         if self._trigger is None:
             self._trigger = trigger
@@ -302,7 +377,7 @@ class Rank:
         if signum == signal.SIGINT and self._stop_now:
             raise KeyboardInterrupt
         name = signal.Signals(signum).name
-        self._request(name)
+        self._request_stop(name)
         hint = " (press Ctrl+C again to abort)" if signum == signal.SIGINT else ""
         _say(f"{name} received: stopping at the next step boundary{hint}")
 
@@ -348,7 +423,7 @@ class Rank:
             return
         value = content["GracefulExit"]
         if value == 1:  # MindSpore's test: 1, 1.0 and true request an exit
-            self._request("control-file")
+            self._request_stop("control-file")
             _say(f"{path} requests an exit: stopping at the next step boundary")
         elif not (isinstance(value, (int, float)) and value == 0):
             shown = json.dumps(value)

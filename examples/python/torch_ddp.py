@@ -3,8 +3,9 @@
 
 The same toy job as train.py: linear regression, each rank's batch drawn from a generator seeded by
 (seed, step, rank) alone, gradients averaged by DDP in backward(). Under the graceful coordinator
-every rank stops after the same step T and saves <checkpoint-dir>/rank<R>/step_<T>.pt; run alone
-(WORLD_SIZE unset), Ctrl+C or a control file {"GracefulExit": 1} stops it at the next step.
+every rank stops after the same step T and saves <checkpoint-dir>/rank<R>/step_<T>.pt, and saves
+the same file and goes on at the step T of a checkpoint without stopping; run alone (WORLD_SIZE
+unset), Ctrl+C or a control file {"GracefulExit": 1} stops it at the next step.
 Needs PyTorch 1.13 or later; without it, it says so and exits 0.
 
     python3 examples/python/torch_ddp.py --steps 2000 --checkpoint-dir checkpoints
@@ -109,11 +110,13 @@ def train(args, rank, torch, ddp_class):
         if rank.rank == 0 and args.log_every and step % args.log_every == 0:
             print(f"step {step}: loss {loss.item():.6g}", flush=True)
         if rank.should_stop(step):
-            path = os.path.join(args.checkpoint_dir, f"rank{rank.rank}", f"step_{step}.pt")
-            save_atomically(torch, path, checkpoint(step, rank, model, optimizer))
-            rank.checkpointed(step, path)
+            path = save_checkpoint(torch, args, step, rank, model, optimizer)
             print(f"{who}: stopped after step {step} ({rank.trigger}), saved {path}", flush=True)
             return 0
+        elif rank.should_checkpoint(step):
+            path = save_checkpoint(torch, args, step, rank, model, optimizer)
+            trigger = f" ({rank.checkpoint_trigger})" if rank.checkpoint_trigger else ""
+            print(f"{who}: checkpoint at step {step}{trigger} saved {path}", flush=True)
     path = os.path.join(args.checkpoint_dir, f"final_rank{rank.rank}.pt")
     save_atomically(torch, path, checkpoint(args.steps, rank, model, optimizer))
     print(f"{who}: finished {args.steps} steps, saved {path}", flush=True)
@@ -123,6 +126,15 @@ def train(args, rank, torch, ddp_class):
 def checkpoint(step, rank, model, optimizer):
     return {"step": step, "rank": rank.rank, "world_size": rank.world_size,
             "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def save_checkpoint(torch, args, step, rank, model, optimizer):
+    """Saves <checkpoint-dir>/rank<R>/step_<step>.pt, confirms it to the coordinator, and returns
+    the path."""
+    path = os.path.join(args.checkpoint_dir, f"rank{rank.rank}", f"step_{step}.pt")
+    save_atomically(torch, path, checkpoint(step, rank, model, optimizer))
+    rank.checkpointed(step, path)
+    return path
 
 
 def main():

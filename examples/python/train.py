@@ -6,7 +6,9 @@ their gradients every step through a small TCP all-reduce at MASTER_ADDR:MASTER_
 sums in rank order. So the ranks run in lockstep like DDP, and a run is bit-for-bit reproducible,
 across a stop and a resume too. It stops through graceful_exit.Rank: under the graceful coordinator
 every rank stops after the same step; run alone (WORLD_SIZE unset), Ctrl+C or a control file
-{"GracefulExit": 1} stops it at the next step.
+{"GracefulExit": 1} stops it at the next step. The coordinator's checkpoints without stopping save
+<checkpoint-dir>/rank<R>/step_<T>.json as a stop does, and training goes on; once a step is
+committed, each rank deletes its own checkpoints of earlier steps.
 
     python3 examples/python/train.py --steps 2000 --checkpoint-dir checkpoints
 """
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import struct
 import sys
@@ -26,6 +29,8 @@ from graceful_exit import Rank
 GUARD_TIMEOUT = 300.0
 # Seconds a rank other than 0 keeps trying to reach rank 0, which may start later.
 CONNECT_WINDOW = 60.0
+# The name of a checkpoint in <checkpoint-dir>/rank<R>/.
+CHECKPOINT_NAME = re.compile(r"step_([0-9]+)\.json")
 
 
 class TrainingError(Exception):
@@ -211,6 +216,35 @@ def save(path, step, rank, weights, bias):
     write_atomically(path, json.dumps(state) + "\n")
 
 
+def delete_older_checkpoints(directory, committed):
+    """Deletes the checkpoints step_<S>.json in `directory` with S < `committed`: the coordinator
+    recorded step `committed`, so no resume needs them. That step's own checkpoint stays, and so
+    do newer ones: a later round may fail, and then `committed` is still what a resume uses."""
+    if committed is None:
+        return
+    for name in os.listdir(directory):
+        match = CHECKPOINT_NAME.fullmatch(name)
+        if match and int(match.group(1)) < committed:
+            path = os.path.join(directory, name)
+            try:
+                os.unlink(path)
+            except OSError as error:
+                # A full disk later is better than losing the run now.
+                print(f"warning: cannot delete {path}: {error.strerror}", file=sys.stderr,
+                      flush=True)
+
+
+def save_checkpoint(args, step, rank, weights, bias):
+    """Saves <checkpoint-dir>/rank<R>/step_<step>.json, deletes this rank's checkpoints older than
+    the committed step, confirms the save to the coordinator, and returns the path."""
+    directory = os.path.join(args.checkpoint_dir, f"rank{rank.rank}")
+    path = os.path.join(directory, f"step_{step}.json")
+    save(path, step, rank, weights, bias)
+    delete_older_checkpoints(directory, rank.committed_step)
+    rank.checkpointed(step, path)
+    return path
+
+
 def load(path, step, dim):
     try:
         with open(path, encoding="utf-8") as f:
@@ -256,12 +290,14 @@ def train(args, rank):
             if rank.rank == 0 and args.log_every and step % args.log_every == 0:
                 print(f"step {step}: loss {loss:.6g}", flush=True)
             if rank.should_stop(step):
-                path = os.path.join(args.checkpoint_dir, f"rank{rank.rank}", f"step_{step}.json")
-                save(path, step, rank, weights, bias)
-                rank.checkpointed(step, path)
+                path = save_checkpoint(args, step, rank, weights, bias)
                 print(f"{who}: stopped after step {step} ({rank.trigger}), saved {path}",
                       flush=True)
                 return
+            elif rank.should_checkpoint(step):
+                path = save_checkpoint(args, step, rank, weights, bias)
+                trigger = f" ({rank.checkpoint_trigger})" if rank.checkpoint_trigger else ""
+                print(f"{who}: checkpoint at step {step}{trigger} saved {path}", flush=True)
         path = os.path.join(args.checkpoint_dir, f"final_rank{rank.rank}.json")
         save(path, args.steps, rank, weights, bias)
         error = max(abs(w - t) for w, t in zip(weights, truth[0]))

@@ -8,8 +8,8 @@ import GracefulProtocol
 /// never reads a clock itself, so every decision can be tested with a fake clock.
 ///
 /// Guarantees:
-/// - it asks for a commit only when every rank speaking the protocol confirmed the same step (the
-///   round's step) and, for a stop, every other rank stopped cleanly; at most once per round;
+/// - it asks for a commit only when every rank confirmed the same step (the round's step), at most
+///   once per round; a gang with a rank that never said hello commits nothing;
 /// - every rank that has not ended `grace` seconds after a stop request gets SIGTERM, and SIGKILL
 ///   `killAfter` seconds after that; nothing is ever signalled after it ended;
 /// - a checkpoint round never signals anybody: it commits or is abandoned;
@@ -98,6 +98,8 @@ public struct Coordinator: Sendable {
     public private(set) var lastCommittedStep: Int?
     private var nextRoundID = 1
     private var attemptFailure: Failure?
+    /// The step of the last abandoned checkpoint round: ranks may still confirm it, harmlessly.
+    private var abandonedStep: Int?
     private var nextCheckpointAt: Instant?
 
     public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil) {
@@ -244,6 +246,10 @@ public struct Coordinator: Sendable {
         if !speaking.isEmpty { line += "; asking \(speaking.count) rank(s) for their position" }
         if !plain.isEmpty { line += "; SIGTERM to \(plain.count) rank(s) that do not speak the protocol" }
         actions.append(.report(line + "; grace \(format(policy.grace))s"))
+        if !speaking.isEmpty && !plain.isEmpty {
+            // A record must never name a step some rank did not save: a mixed gang cannot commit.
+            actions.append(.report("warning: rank(s) \(plain.map(String.init).joined(separator: ", ")) never said hello (not using the client, or not started yet): nothing will be committed"))
+        }
         for rank in speaking {
             actions.append(.send(rank: rank, .stop(id: stop.round.id, trigger: trigger.description)))
         }
@@ -257,8 +263,11 @@ public struct Coordinator: Sendable {
 
     private mutating func startCheckpoint(trigger: String, now: Instant, into actions: inout [CoordinatorAction]) {
         let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
-        guard !speaking.isEmpty else {
-            actions.append(.report("checkpoint (\(trigger)) skipped: no rank speaks the protocol"))
+        let absent = ranks.indices.filter { !ranks[$0].isAlive || !ranks[$0].speaksProtocol }
+        guard absent.isEmpty else {
+            // Every rank must save the same step, or the record would name a step some rank lacks.
+            let names = absent.map(String.init).joined(separator: ", ")
+            actions.append(.report("checkpoint (\(trigger)) skipped: rank(s) \(names) ended or have not said hello"))
             if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
             return
         }
@@ -316,6 +325,7 @@ public struct Coordinator: Sendable {
         if case .stopping(let stop) = phase, stop.supersededStep == step, stop.round.decidedStep != .some(step) {
             return // a checkpoint of the round this stop superseded, arriving late
         }
+        if currentRound == nil, abandonedStep == step { return }
         guard let round = currentRound, case .decided(let expected) = round.target, ranks[rank].speaksProtocol else {
             actions.append(.report("warning: rank \(rank) confirmed step \(step) while no stop or checkpoint step was set; ignored"))
             return
@@ -347,13 +357,9 @@ public struct Coordinator: Sendable {
         else { return }
         var step: Int?
         for rank in ranks {
-            if rank.speaksProtocol {
-                guard let confirmation = rank.confirmation else { return }
-                if let step, step != confirmation.step { return }
-                step = confirmation.step
-            } else if round.kind == .stop {
-                guard let exit = rank.exit, Self.stoppedCleanly(exit) else { return }
-            }
+            guard rank.speaksProtocol, let confirmation = rank.confirmation else { return }
+            if let step, step != confirmation.step { return }
+            step = confirmation.step
         }
         guard let step else { return }
         round.commitRequested = true
@@ -387,6 +393,17 @@ public struct Coordinator: Sendable {
 
     private mutating func abandonCheckpoint(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
         actions.append(.report("warning: checkpoint round abandoned: \(reason); the previous record stays, training goes on"))
+        guard case .running(.some(let round)) = phase else { return }
+        if case .aligning = round.target {
+            // Ranks that answered wait for the step at their next boundary: they must get one.
+            let step = ranks.compactMap { $0.position.flatMap { $0 } }.max().map { $0 + 1 }
+            for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
+                actions.append(.send(rank: rank, .checkpointAt(id: round.id, step: step)))
+            }
+            abandonedStep = step
+        } else {
+            abandonedStep = round.decidedStep ?? nil
+        }
         endCheckpoint(now: now)
     }
 
@@ -423,8 +440,8 @@ public struct Coordinator: Sendable {
                 }
                 return
             }
-            if let round, ranks[rank].speaksProtocol, ranks[rank].confirmation == nil {
-                abandonCheckpoint("rank \(rank) ended before confirming step \(round.decidedStep.map { $0.map(String.init) ?? "?" } ?? "?")", now: now, into: &actions)
+            if round != nil, ranks[rank].speaksProtocol, ranks[rank].confirmation == nil {
+                abandonCheckpoint("rank \(rank) ended during the round", now: now, into: &actions)
             }
         case .stopping(let stop):
             if ranks[rank].speaksProtocol {
@@ -436,9 +453,7 @@ public struct Coordinator: Sendable {
                 actions.append(.report("error: \(problem); stopping the others"))
                 // Its peers are probably blocked in a collective with it: waiting for grace serves nothing.
                 terminateLiving(now: now, into: &actions)
-            } else if Self.stoppedCleanly(status) {
-                requestCommitIfComplete(into: &actions)
-            } else {
+            } else if !Self.stoppedCleanly(status) {
                 let problem = "rank \(rank) (no protocol) ended with \(status)"
                 ranks[rank].note = "did not stop cleanly"
                 addProblem(problem)

@@ -92,7 +92,7 @@ final class ControlFileWatcher {
         defer { closeDescriptor(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { return .unusable("cannot be examined: \(SystemError("fstat").reason)") }
-        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable("is not a regular file") }
+        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable("is \(Self.kind(info.st_mode)), not a regular file") }
         guard info.st_size <= Self.maximumSize else { return .unusable("is larger than \(Self.maximumSize) bytes") }
         var contents: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -107,6 +107,16 @@ final class ControlFileWatcher {
         }
         guard contents.count <= Self.maximumSize else { return .unusable("is larger than \(Self.maximumSize) bytes") }
         return .state(ControlFileState(contents: contents))
+    }
+
+    private static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a fifo"
+        case S_IFSOCK: return "a socket"
+        case S_IFCHR, S_IFBLK: return "a device"
+        default: return "a special file"
+        }
     }
 
     /// Reads the file and decides: true when it requests an exit. A problem yields a warning only when

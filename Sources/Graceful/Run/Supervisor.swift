@@ -214,9 +214,14 @@ public final class Supervisor {
                     }
                 }
             }
-            if awaitingGangExit && gangIsGone() {
-                awaitingGangExit = false
-                apply(coordinator.handle(.gangGone, now: monotonicNow()))
+            if awaitingGangExit {
+                if gangIsGone() {
+                    awaitingGangExit = false
+                    apply(coordinator.handle(.gangGone, now: monotonicNow()))
+                } else {
+                    // Orphans adopted since the last pass (a child of a dying process) get theirs too.
+                    killStragglers()
+                }
             }
             apply(coordinator.handle(.tick, now: monotonicNow()))
         }

@@ -198,14 +198,22 @@ import Testing
         #expect(signals(machine.handle(.tick, now: t0 + 30)) == [0: SignalNumber.kill])
     }
 
-    @Test func mixedJobCommitsWithPathsOnlyForSpeakingRanks() {
+    @Test func aGangWithARankThatNeverSaidHelloCommitsNothing() {
         var machine = coordinator(ranks: 2, speaking: [0])
         let request = machine.handle(.trigger(.controlFile), now: t0)
         #expect(signals(request) == [1: SignalNumber.terminate])
         _ = machine.handle(.position(rank: 0, id: 1, step: 9), now: t0)
-        _ = machine.handle(.checkpointed(rank: 0, step: 10, path: "r0"), now: t0)
-        let exit = machine.handle(.exited(rank: 1, .exited(0)), now: t0)
-        #expect(exit.contains(.commit(step: 10, paths: ["r0", nil], trigger: "control-file")))
+        var actions = machine.handle(.checkpointed(rank: 0, step: 10, path: "r0"), now: t0)
+        actions += machine.handle(.exited(rank: 1, .exited(0)), now: t0)
+        actions += machine.handle(.exited(rank: 0, .exited(0)), now: t0)
+        #expect(commits(actions).isEmpty)
+        #expect(finish(actions) == ExitCode.notCommitted)
+    }
+
+    @Test func noCheckpointRoundWhileARankHasNotSaidHello() {
+        var machine = coordinator(ranks: 2, speaking: [0])
+        let skipped = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        #expect(sends(skipped).isEmpty && machine.phase == .running(checkpoint: nil))
     }
 
     @Test func aFailedCommitWriteEndsWithoutACommit() {
@@ -387,5 +395,15 @@ import Testing
         var machine = coordinator(ranks: 1, speaking: [0])
         _ = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
         #expect(sends(machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)).isEmpty)
+    }
+
+    @Test func anAbandonedRoundStillReleasesTheRanksWaitingForItsStep() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        _ = machine.handle(.position(rank: 1, id: 1, step: 149), now: t0)
+        let ended = machine.handle(.exited(rank: 0, .exited(0)), now: t0)
+        #expect(sends(ended) == [1: .checkpointAt(id: 1, step: 150)])
+        #expect(machine.phase == .running(checkpoint: nil))
+        #expect(machine.handle(.checkpointed(rank: 1, step: 150, path: "b"), now: t0).isEmpty)
     }
 }

@@ -218,10 +218,14 @@ import Testing
             [Launched.graceful, "run", "-n", "3", "--", Launched.swiftRankExample, "--steps", "100000", "--step-time", "0.005"],
             in: directory.path)
         try run.waitFor("starting at step 1", count: 3)
+        run.signal(SIGUSR2)
+        try run.waitFor("committed step")
+        #expect(run.stdout.components(separatedBy: ": checkpoint at step").count - 1 == 3)
         run.signal(SIGTERM)
         #expect(try run.waitForExit() == 0, "\(run.output)")
         let record = try #require(directory.read("graceful_run/last_checkpoint.json"))
         #expect(record.contains("\"trigger\": \"SIGTERM\""))
+        #expect(run.count("committed step") == 2)
         #expect(run.stdout.components(separatedBy: "stopped after step").count - 1 == 3)
     }
 

@@ -69,6 +69,9 @@ final class Launched {
 
     var output: String { stdout + stderr }
 
+    /// How many times `text` occurs in the output so far.
+    func count(_ text: String) -> Int { output.components(separatedBy: text).count - 1 }
+
     /// Reads what the pipes have, waiting at most `milliseconds` for something. Returns false once
     /// both pipes reached end of file.
     @discardableResult
@@ -96,11 +99,11 @@ final class Launched {
     /// Waits until the output contains `text` (`count` times).
     func waitFor(_ text: String, count: Int = 1, timeout: Double = 60) throws {
         let deadline = Date().addingTimeInterval(timeout)
-        while output.components(separatedBy: text).count - 1 < count {
+        while self.count(text) < count {
             guard Date() < deadline else {
                 throw Timeout(description: "timed out waiting for \(text.debugDescription); output so far:\n\(output)")
             }
-            if !pump(milliseconds: 100) && output.components(separatedBy: text).count - 1 < count {
+            if !pump(milliseconds: 100) && self.count(text) < count {
                 throw Timeout(description: "ended without printing \(text.debugDescription); output:\n\(output)")
             }
         }
@@ -169,5 +172,29 @@ func processesAlive(containing marker: String) -> [Int32] {
               !String(decoding: stat, as: UTF8.self).contains(") Z ")
         else { return false }
         return String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(marker)
+    }
+}
+
+/// The processes whose working directory is `directory` or below it: a job's processes, wherever
+/// they moved in the process tree.
+func processes(workingIn directory: String) -> [Int32] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap(Int32.init).filter { pid in
+        guard let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd"),
+              cwd == directory || cwd.hasPrefix(directory + "/"),
+              let stat = FileManager.default.contents(atPath: "/proc/\(pid)/stat")
+        else { return false }
+        return !String(decoding: stat, as: UTF8.self).contains(") Z ")
+    }
+}
+
+/// Waits (polling /proc, the only view of unrelated processes) until no process works in `directory`;
+/// returns those still there after `timeout`.
+func waitUntilNoProcess(workingIn directory: String, timeout: Double = 5) -> [Int32] {
+    let deadline = Date().addingTimeInterval(timeout)
+    while true {
+        let left = processes(workingIn: directory)
+        if left.isEmpty || Date() >= deadline { return left }
+        usleep(20_000)
     }
 }

@@ -54,6 +54,19 @@ let rank = Rank.shared
 let directory = "\(options.checkpointDirectory)/rank\(rank.rank)"
 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
 
+/// Writes the state atomically (temporary file, fsync, rename) and confirms it.
+func save(_ value: UInt64, step: Int) throws -> String {
+    let path = "\(directory)/step_\(step).txt"
+    let temporary = path + ".tmp"
+    try "\(value)\n".write(toFile: temporary, atomically: false, encoding: .utf8)
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
+    try handle.synchronize()
+    try handle.close()
+    guard rename(temporary, path) == 0 else { fail("cannot rename \(temporary)") }
+    rank.checkpointed(step: step, path: path)
+    return path
+}
+
 var value: UInt64 = 0
 var first = 1
 if let path = rank.resumePath, let step = rank.resumeStep {
@@ -69,13 +82,12 @@ for step in first...max(first, options.steps) where step <= options.steps {
     value = advance(value, step: step, rank: rank.rank)
     if options.stepTime > 0 { usleep(UInt32(options.stepTime * 1_000_000)) }
     if rank.shouldStop(step: step) {
-        let path = "\(directory)/step_\(step).txt"
-        let temporary = path + ".tmp"
-        try "\(value)\n".write(toFile: temporary, atomically: false, encoding: .utf8)
-        _ = rename(temporary, path)
-        rank.checkpointed(step: step, path: path)
+        let path = try save(value, step: step)
         say("rank \(rank.rank): stopped after step \(step) (\(rank.trigger ?? "?")), checkpoint \(path)")
         exit(0)
+    }
+    if rank.shouldCheckpoint(step: step) {
+        say("rank \(rank.rank): checkpoint at step \(step), \(try save(value, step: step))")
     }
 }
 try "\(value)\n".write(toFile: "\(options.checkpointDirectory)/final_rank\(rank.rank).txt", atomically: true, encoding: .utf8)
