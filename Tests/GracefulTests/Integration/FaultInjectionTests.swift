@@ -147,6 +147,32 @@ import Testing
         #expect(processesAlive(containing: directory.path).isEmpty)
     }
 
+    @Test func orphansOfARankAreReapedWhileTheRunGoesOn() throws {
+        let directory = try TemporaryDirectory()
+        let script = """
+            import subprocess, time
+            from graceful_exit import Rank
+            rank = Rank()
+            # sh exits at once; its sleep is orphaned, adopted by graceful (the subreaper), and ends.
+            subprocess.run(["sh", "-c", "sleep 0.1 & exit 0"], check=True)
+            time.sleep(0.5)
+            print("orphan gone", flush=True)
+            step = 0
+            while not rank.should_stop(step := step + 1):
+                time.sleep(0.01)
+            """
+        let run = try Launched([Launched.graceful, "run", "-n", "2", "--", "python3", "-c", script], in: directory.path)
+        try run.waitFor("]: orphan gone", count: 2)
+        let zombies = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
+            guard let stat = FileManager.default.contents(atPath: "/proc/\(pid)/stat") else { return false }
+            let fields = String(decoding: stat, as: UTF8.self).split(separator: ")").last?.split(separator: " ") ?? []
+            return fields.count > 2 && fields[0] == "Z" && fields[1] == Substring(String(run.pid))
+        }
+        #expect(zombies.isEmpty, "zombie children of the coordinator: \(zombies)")
+        run.signal(SIGINT)
+        #expect(try run.waitForExit() == 2, "\(run.output)")
+    }
+
     // MARK: Bad input
 
     @Test func garbageOnAChannelIsReportedOnceAndNeverConfirms() throws {
