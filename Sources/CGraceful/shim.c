@@ -289,13 +289,6 @@ int graceful_free_tcp_port(void) {
     return port;
 }
 
-int graceful_reap(pid_t pid, int *status) {
-    pid_t result;
-    do { result = waitpid(pid, status, WNOHANG); } while (result < 0 && errno == EINTR);
-    return result;
-}
-
-int graceful_status_exited(int status) { return WIFEXITED(status); }
 int graceful_status_exit_code(int status) { return WEXITSTATUS(status); }
 int graceful_status_signaled(int status) { return WIFSIGNALED(status); }
 int graceful_status_signal(int status) { return WTERMSIG(status); }

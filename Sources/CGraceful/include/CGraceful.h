@@ -54,9 +54,7 @@ long graceful_raise_nofile_limit(void);
 /// A TCP port that was free a moment ago (bound to port 0 on all interfaces, then released), or -1.
 int graceful_free_tcp_port(void);
 
-/// waitpid(pid, WNOHANG): returns the pid when it ended (status stored), 0 when still running, -1 on error.
-int graceful_reap(pid_t pid, int *status);
-int graceful_status_exited(int status);
+/// The macros of <sys/wait.h>, which Swift cannot import.
 int graceful_status_exit_code(int status);
 int graceful_status_signaled(int status);
 int graceful_status_signal(int status);

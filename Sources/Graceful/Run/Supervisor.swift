@@ -217,6 +217,8 @@ public final class Supervisor {
             if awaitingGangExit {
                 if gangIsGone() {
                     awaitingGangExit = false
+                    // Their ids may be reused now: the guard must not kill those groups any more.
+                    ranks.forEach { tellGuard(-$0.process.pid) }
                     apply(coordinator.handle(.gangGone, now: monotonicNow()))
                 } else {
                     // Orphans adopted since the last pass (a child of a dying process) get theirs too.
@@ -238,7 +240,7 @@ public final class Supervisor {
                 let process = try RankProcess.spawn(
                     rank: rank, executable: executable, arguments: Array(configuration.command.dropFirst()),
                     environment: environment.variables(rank: rank, inherited: inherited))
-                watchGroup(process.pid)
+                tellGuard(process.pid)
                 let io = RankIO(process: process, log: logFDs[rank])
                 ranks.append(io)
                 try loop.register(process.channelFD, token: Token.channel(rank))
@@ -379,17 +381,18 @@ public final class Supervisor {
 
     // MARK: - The guard and stragglers
 
-    private func watchGroup(_ pgid: pid_t) {
+    /// One word to the guard: a process group to watch (positive), to forget (negative), or 0 when
+    /// the coordinator ends on purpose.
+    private func tellGuard(_ value: Int32) {
         guard guardFD >= 0 else { return }
-        var value = Int32(pgid)
+        var value = value
         _ = withUnsafeBytes(of: &value) { writeAll(guardFD, $0) }
     }
 
     /// Tells the guard the coordinator is done on purpose, and reaps it.
     private func stopGuard(_ code: Int32) -> Int32 {
         guard guardFD >= 0 else { return code }
-        var zero: Int32 = 0
-        _ = withUnsafeBytes(of: &zero) { writeAll(guardFD, $0) }
+        tellGuard(0)
         closeDescriptor(guardFD)
         guardFD = -1
         if guardPID > 0 {
