@@ -85,6 +85,7 @@ public final class Rank: Sendable {
             // spawns may think it owns it.
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             unsetenv("GRACEFUL_CHANNEL_FD")
+            Rank.warmUp()
             send(RankMessage.hello(protocolVersion: gracefulProtocolVersion, pid: Int(getpid())).line)
             let reader = Thread { [self] in readChannel() }
             reader.name = "graceful-channel"
@@ -98,6 +99,16 @@ public final class Rank: Sendable {
             watcher.name = "graceful-control-file"
             watcher.start()
         }
+    }
+
+    /// Swift's first use of the message types costs some 130 µs of CPU (generic metadata and
+    /// witness tables). Paid here, at launch, rather than at a stop, when every rank would pay it
+    /// at once on the CPUs the coordinator needs to reach the others.
+    private static func warmUp() {
+        for line in [#"{"type":"stop","id":0,"trigger":"SIGINT"}"#, #"{"type":"stop_at","id":0,"step":0}"#] {
+            _ = try? CoordinatorMessage(line: Array(line.utf8))
+        }
+        _ = RankMessage.position(id: 0, step: 0).line
     }
 
     /// The stop step once known.

@@ -101,11 +101,20 @@ public struct Coordinator: Sendable {
     /// The step of the last abandoned checkpoint round: ranks may still confirm it, harmlessly.
     private var abandonedStep: Int?
     private var nextCheckpointAt: Instant?
+    // Kept so that no event costs a walk over every rank (a stop at 1024 ranks is some 3000 events).
+    private var livingCount: Int
+    /// No later than the earliest SIGKILL due to a rank still in `.terminated`.
+    private var earliestKillAt: Instant?
+    /// Every rank below it has answered the round's request, or is not asked (ended, no protocol).
+    private var positionCursor = 0
+    /// Every rank below it has confirmed the round's step, or does not speak the protocol.
+    private var confirmationCursor = 0
 
     public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil) {
         precondition(rankCount > 0, "a run has at least one rank")
         self.policy = policy
         self.ranks = Array(repeating: RankRecord(), count: rankCount)
+        self.livingCount = rankCount
         self.lastCommittedStep = resumedStep
     }
 
@@ -132,9 +141,7 @@ public struct Coordinator: Sendable {
         case .failing, .finished:
             break
         }
-        for rank in ranks where rank.isAlive {
-            if case .terminated(let killAt) = rank.teardown { consider(killAt) }
-        }
+        consider(earliestKillAt)
         return earliest
     }
 
@@ -147,7 +154,11 @@ public struct Coordinator: Sendable {
             if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
         case .hello(let rank):
             // A hello after a stop request is too late: the rank was told to stop as a plain process.
-            if case .running = phase, ranks[rank].isAlive { ranks[rank].speaksProtocol = true }
+            if case .running = phase, ranks[rank].isAlive, !ranks[rank].speaksProtocol {
+                ranks[rank].speaksProtocol = true
+                positionCursor = min(positionCursor, rank)
+                confirmationCursor = min(confirmationCursor, rank)
+            }
         case .position(let rank, let id, let step):
             receivePosition(rank: rank, id: id, step: step, now: now, into: &actions)
         case .checkpointed(let rank, let step, let path):
@@ -230,6 +241,8 @@ public struct Coordinator: Sendable {
             ranks[rank].position = nil
             ranks[rank].confirmation = nil
         }
+        positionCursor = 0
+        confirmationCursor = 0
         return Round(id: id, kind: kind, trigger: trigger, requestedAt: now, target: .aligning(deadline: now + policy.alignTimeout))
     }
 
@@ -255,7 +268,7 @@ public struct Coordinator: Sendable {
         }
         for rank in plain {
             // A plain rank's deadline is the grace period itself: SIGTERM now, SIGKILL when it ends.
-            ranks[rank].teardown = .terminated(killAt: now + policy.grace)
+            setTerminated(rank, killAt: now + policy.grace)
             actions.append(.signal(rank: rank, SignalNumber.terminate))
         }
         if speaking.isEmpty { decide(into: &actions) }
@@ -288,8 +301,19 @@ public struct Coordinator: Sendable {
               case .aligning = round.target, ranks[rank].position == nil
         else { return }
         ranks[rank].position = .some(step)
-        let waiting = ranks.contains { $0.isAlive && $0.speaksProtocol && $0.position == nil }
-        if !waiting { decide(into: &actions) }
+        if !isWaitingForPositions { decide(into: &actions) }
+    }
+
+    /// Whether some living rank that speaks the protocol has not answered yet; amortised O(1).
+    private var isWaitingForPositions: Bool {
+        mutating get {
+            while positionCursor < ranks.count {
+                let rank = ranks[positionCursor]
+                if rank.isAlive && rank.speaksProtocol && rank.position == nil { return true }
+                positionCursor += 1
+            }
+            return false
+        }
     }
 
     /// T = 1 + the largest position answered; `nil` when no rank has passed a boundary.
@@ -355,13 +379,12 @@ public struct Coordinator: Sendable {
         guard var round = currentRound, case .decided = round.target, !round.commitRequested,
               round.problems.isEmpty, ranks.contains(where: \.speaksProtocol)
         else { return }
-        var step: Int?
-        for rank in ranks {
-            guard rank.speaksProtocol, let confirmation = rank.confirmation else { return }
-            if let step, step != confirmation.step { return }
-            step = confirmation.step
+        while confirmationCursor < ranks.count {
+            guard ranks[confirmationCursor].speaksProtocol, ranks[confirmationCursor].confirmation != nil else { return }
+            confirmationCursor += 1
         }
-        guard let step else { return }
+        let steps = ranks.compactMap(\.confirmation?.step)
+        guard let step = steps.first, steps.allSatisfy({ $0 == step }) else { return }
         round.commitRequested = true
         currentRound = round
         actions.append(.commit(step: step, paths: ranks.map { $0.confirmation?.path }, trigger: round.trigger))
@@ -424,6 +447,7 @@ public struct Coordinator: Sendable {
     ) {
         guard ranks[rank].isAlive else { return }
         ranks[rank].exit = status
+        livingCount -= 1
         switch phase {
         case .running(let round):
             guard status.isSuccess else {
@@ -503,22 +527,30 @@ public struct Coordinator: Sendable {
             endAttempt()
             restarts += 1
             ranks = Array(repeating: RankRecord(), count: ranks.count)
+            livingCount = ranks.count
+            earliestKillAt = nil
             phase = .running(checkpoint: nil)
             nextCheckpointAt = nil
             actions.append(.launch(restart: restarts))
         case .failing, .restarting, .finished:
             break
         }
-        for rank in ranks.indices where ranks[rank].isAlive {
-            if case .terminated(let killAt) = ranks[rank].teardown, now >= killAt {
-                ranks[rank].teardown = .killed
-                actions.append(.signal(rank: rank, SignalNumber.kill))
+        if let due = earliestKillAt, now >= due {
+            earliestKillAt = nil
+            for rank in ranks.indices where ranks[rank].isAlive {
+                guard case .terminated(let killAt) = ranks[rank].teardown else { continue }
+                if now >= killAt {
+                    ranks[rank].teardown = .killed
+                    actions.append(.signal(rank: rank, SignalNumber.kill))
+                } else {
+                    setTerminated(rank, killAt: killAt)
+                }
             }
         }
     }
 
     private mutating func finishIfDone(now: Instant, into actions: inout [CoordinatorAction]) {
-        guard ranks.allSatisfy({ !$0.isAlive }) else { return }
+        guard livingCount == 0 else { return }
         let code: Int32
         switch phase {
         case .running:
@@ -569,14 +601,19 @@ public struct Coordinator: Sendable {
         for rank in ranks.indices where ranks[rank].isAlive {
             switch ranks[rank].teardown {
             case .none:
-                ranks[rank].teardown = .terminated(killAt: killAt)
+                setTerminated(rank, killAt: killAt)
                 actions.append(.signal(rank: rank, SignalNumber.terminate))
             case .terminated(let earlier) where killAt < earlier:
-                ranks[rank].teardown = .terminated(killAt: killAt)
+                setTerminated(rank, killAt: killAt)
             case .terminated, .killed:
                 break
             }
         }
+    }
+
+    private mutating func setTerminated(_ rank: Int, killAt: Instant) {
+        ranks[rank].teardown = .terminated(killAt: killAt)
+        if earliestKillAt.map({ killAt < $0 }) ?? true { earliestKillAt = killAt }
     }
 
     private mutating func killLiving(into actions: inout [CoordinatorAction]) {

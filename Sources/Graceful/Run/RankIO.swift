@@ -82,19 +82,23 @@ final class RankIO {
     ) -> [(line: [UInt8], truncated: Bool)] {
         guard fd >= 0 else { return [] }
         var lines: [(line: [UInt8], truncated: Bool)] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { readAvailable(fd, into: $0) }
-            guard let count else { return lines }
-            if count == 0 {
-                loop?.unregister(fd)
-                closeDescriptor(fd)
-                onEnd()
-                return lines
+        // On the stack and not zero-filled: this runs once per readable event of every rank.
+        withUnsafeTemporaryAllocation(byteCount: Self.readSize, alignment: 1) { buffer in
+            while true {
+                guard let count = readAvailable(fd, into: buffer) else { return }
+                if count == 0 {
+                    loop?.unregister(fd)
+                    closeDescriptor(fd)
+                    onEnd()
+                    return
+                }
+                lines += splitter.append(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
             }
-            lines += splitter.append(buffer[0..<count])
         }
+        return lines
     }
+
+    private static let readSize = 65536
 
     /// Closes every descriptor still open (an attempt is over).
     func close(loop: EventLoop) {

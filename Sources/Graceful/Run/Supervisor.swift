@@ -17,6 +17,8 @@ public final class Supervisor {
     private let console = Console()
     private var coordinator: Coordinator
     private var ranks: [RankIO] = []
+    /// The rank of each process of the current attempt, so reaping is not a scan of every rank.
+    private var rankByPID: [pid_t: Int] = [:]
     private var logFDs: [Int32] = []
     private var runID = ""
     private var runDirectory = ""
@@ -235,6 +237,7 @@ public final class Supervisor {
     private func launchGang(restart: Int) -> Int32? {
         environment.restartCount = restart
         ranks = []
+        rankByPID = [:]
         for rank in 0..<configuration.ranks {
             do {
                 let process = try RankProcess.spawn(
@@ -243,6 +246,7 @@ public final class Supervisor {
                 tellGuard(process.pid)
                 let io = RankIO(process: process, log: logFDs[rank])
                 ranks.append(io)
+                rankByPID[process.pid] = rank
                 try loop.register(process.channelFD, token: Token.channel(rank))
                 try loop.register(process.outputFDs[0], token: Token.output(rank, stream: 0))
                 try loop.register(process.outputFDs[1], token: Token.output(rank, stream: 1))
@@ -278,13 +282,13 @@ public final class Supervisor {
                 console.report("warning: the guard process ended unexpectedly; ranks are not protected against the coordinator's own death")
                 continue
             }
-            guard let io = ranks.first(where: { $0.process.pid == pid }), coordinator.ranks[io.process.rank].isAlive else {
-                continue
-            }
+            guard let rank = rankByPID[pid], coordinator.ranks[rank].isAlive else { continue }
+            // A rank that confirmed and then exited at once: its confirmation must count first.
+            readChannel(ranks[rank])
             let exit: ExitStatus = graceful_status_signaled(status) != 0
                 ? .signaled(graceful_status_signal(status))
                 : .exited(graceful_status_exit_code(status))
-            apply(coordinator.handle(.exited(rank: io.process.rank, exit), now: monotonicNow()))
+            apply(coordinator.handle(.exited(rank: rank, exit), now: monotonicNow()))
         }
     }
 

@@ -229,6 +229,20 @@ import Testing
         #expect(run.stdout.components(separatedBy: "stopped after step").count - 1 == 3)
     }
 
+    /// Ranks confirm and exit at once, all together: one rank's SIGCHLD often reaps others whose
+    /// confirmation is in their channel but not yet read. Each must count as confirmed.
+    @Test func ranksThatExitRightAfterConfirmingAllCount() throws {
+        for _ in 0..<3 {
+            let directory = try TemporaryDirectory()
+            let run = try Launched([Launched.graceful, "run", "-n", "64", "--", fixtures + "/quick_confirm_rank.sh"], in: directory.path)
+            try run.waitFor("]: ready", count: 64)
+            run.signal(SIGTERM)
+            #expect(try run.waitForExit() == 0, "\(run.stderr)")
+            #expect(run.stderr.contains("committed step 8"))
+            expectNoLeftovers(directory.path)
+        }
+    }
+
     @Test func usageErrorsExit64WithOneLine() throws {
         let directory = try TemporaryDirectory()
         let run = try Launched([Launched.graceful, "run", "-n", "zero", "--", "true"], in: directory.path)

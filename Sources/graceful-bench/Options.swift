@@ -1,0 +1,100 @@
+import Glibc
+
+/// What one benchmark run measures, from the command line.
+struct Options {
+    static let usage = """
+        usage: graceful-bench [--quick] [--json PATH] [--ranks N,N,...] [--footprint-ranks N,N,...]
+                              [--idle-seconds S] [--python PATH] [--torchrun PATH]
+
+        Measures graceful's stop fan-out, control-file detection, per-step client cost, footprint and
+        launch time, next to the machine's own limits (docs/BENCHMARKS.md). Prints a table; --json
+        writes the same figures. --quick: small N and short windows, a few seconds in all (a smoke
+        test, not figures to quote).
+
+          --ranks               rank counts for fan-out and launch (default 8,64,256,1024; quick 4)
+          --footprint-ranks     rank counts for the idle footprint (default 64,1024; quick 4)
+          --idle-seconds        length of each idle footprint window (default 10; quick 0.2)
+          --python              the Python interpreter for the Python client (default python3 on PATH)
+          --torchrun            torchrun to compare with (default /tmp/torchvenv/bin/torchrun if
+                                present; skipped with --quick)
+        """
+
+    var quick = false
+    var jsonPath: String?
+    var ranks = [8, 64, 256, 1024]
+    var footprintRanks = [64, 1024]
+    var idleSeconds = 10.0
+    var python = "python3"
+    var torchrun: String? = "/tmp/torchvenv/bin/torchrun"
+
+    init(_ arguments: [String]) throws {
+        var explicit: Set<String> = []
+        var index = 0
+        func value(_ name: String) throws -> String {
+            index += 1
+            guard index < arguments.count else { throw BenchError("\(name) needs a value") }
+            return arguments[index]
+        }
+        func counts(_ name: String) throws -> [Int] {
+            let text = try value(name)
+            let list = text.split(separator: ",").compactMap { Int($0) }
+            guard !list.isEmpty, list.count == text.split(separator: ",").count, list.allSatisfy({ $0 > 0 }) else {
+                throw BenchError("\(name) takes positive whole numbers separated by commas")
+            }
+            return list
+        }
+        while index < arguments.count {
+            let name = arguments[index]
+            explicit.insert(name)
+            switch name {
+            case "--quick": quick = true
+            case "--json": jsonPath = try value(name)
+            case "--ranks": ranks = try counts(name)
+            case "--footprint-ranks": footprintRanks = try counts(name)
+            case "--idle-seconds":
+                guard let seconds = Double(try value(name)), seconds > 0 else { throw BenchError("--idle-seconds takes seconds") }
+                idleSeconds = seconds
+            case "--python": python = try value(name)
+            case "--torchrun": torchrun = try value(name)
+            case "-h", "--help":
+                print(Options.usage)
+                exit(0)
+            default: throw BenchError("unknown option \(name)\n\(Options.usage)")
+            }
+            index += 1
+        }
+        if quick {
+            if !explicit.contains("--ranks") { ranks = [4] }
+            if !explicit.contains("--footprint-ranks") { footprintRanks = [4] }
+            if !explicit.contains("--idle-seconds") { idleSeconds = 0.2 }
+            if !explicit.contains("--torchrun") { torchrun = nil }
+        }
+    }
+
+    /// Launches per trigger at `ranks`: fewer for large N, where one launch takes seconds.
+    func trials(ranks: Int) -> Int {
+        quick ? 2 : max(4, min(20, 2048 / ranks))
+    }
+
+    /// Rounds of the raw fan-out at `ranks` (its peers are started once for all rounds).
+    func rawTrials(ranks: Int) -> Int { quick ? 3 : max(10, trials(ranks: ranks)) }
+
+    /// Seconds between the last rank's `ready` and the trigger, so the launch has died down.
+    func settleSeconds(ranks: Int) -> Double { quick ? 0.05 : 0.2 + Double(ranks) * 0.0003 }
+
+    /// Seconds from the last `ready` to the start of a footprint window.
+    var footprintSettleSeconds: Double { quick ? 0.1 : 1 }
+
+    /// The ranks' step time: the longest a rank can take from the stop to its stop step is two steps.
+    var stepTime: Double { quick ? 0.02 : 0.1 }
+
+    /// Samples for each physical limit.
+    var limitSamples: Int { quick ? 10 : 200 }
+
+    /// Calls per timed loop of the step-cost measurement: Swift, Python, Python reading JSON.
+    var stepCostCalls: (swift: Int, python: Int, json: Int) { quick ? (200_000, 50_000, 500) : (50_000_000, 5_000_000, 50_000) }
+
+    /// Trivial jobs timed per launcher, and how long the ranks of the memory comparison sleep.
+    var comparisonRuns: Int { quick ? 1 : 3 }
+    var comparisonSleepSeconds: Double { quick ? 0.3 : 2 }
+}

@@ -1,0 +1,163 @@
+import Foundation
+
+/// Everything one benchmark run measured, printed as a table and written as JSON with the same figures.
+struct Report {
+    let quick: Bool
+    let machine: Machine
+    let limits: Limits
+    let stepCost: StepCost
+    let fanOut: [FanOutResult]
+    let rawFanOut: [RawFanOut]
+    let launch: [LaunchResult]
+    let footprint: [Footprint]
+    let comparison: Comparison
+    let leftoverProcesses: Int
+
+    /// Launches of `graceful run` (each ended by one stop).
+    var launches: Int { fanOut.map(\.trials.count).reduce(0, +) + footprint.count }
+
+    /// "N ranks: why" for each launch whose stop did not end with exit 0.
+    var uncleanStops: [String] {
+        fanOut.flatMap(\.trials).compactMap { trial in trial.error.map { "\(trial.ranks) ranks: \($0)" } }
+            + footprint.compactMap { entry in entry.error.map { "\(entry.ranks) ranks: \($0)" } }
+    }
+
+    var json: [String: Any] {
+        [
+            "schema": 1, "quick": quick, "machine": machine.json, "limits": limits.json,
+            "step_cost": stepCost.json, "fan_out": fanOut.map(\.json), "raw_fan_out": rawFanOut.map(\.json),
+            "launch": launch.map(\.json), "footprint": footprint.map(\.json), "comparison": comparison.json,
+            "clean": [
+                "launches": launches, "clean_stops": launches - uncleanStops.count,
+                "leftover_processes": leftoverProcesses, "unclean": uncleanStops,
+            ],
+        ]
+    }
+
+    /// Writes `json`; a figure that could not be measured (nan) is written as null.
+    func write(json path: String) throws {
+        func finite(_ value: Any) -> Any {
+            switch value {
+            case let number as Double: return number.isFinite ? number : NSNull()
+            case let object as [String: Any]: return object.mapValues(finite)
+            case let list as [Any]: return list.map(finite)
+            default: return value
+            }
+        }
+        let data = try JSONSerialization.data(withJSONObject: finite(json), options: [.prettyPrinted, .sortedKeys])
+        try (data + Data("\n".utf8)).write(to: URL(fileURLWithPath: path))
+    }
+
+    var table: String {
+        var out: [String] = []
+        out.append("graceful-bench\(quick ? " --quick (smoke run: small N, short windows; not figures to quote)" : "")")
+        out.append("machine: \(machine.processors) CPUs, \(machine.cpu), Linux \(machine.kernel), \(machine.memoryMegabytes) MB")
+        out.append("         \(machine.swift); \(machine.python)")
+        out.append("")
+        out.append("physical limits, one way (µs)")
+        out += columns([
+            ["", "p50", "p99", "max", "n"],
+            row("pipe write → peer's read returns", limits.pipe),
+            row("AF_UNIX socket write → peer's read returns", limits.socket),
+            row("kill(SIGUSR1) → peer's sigtimedwait returns", limits.signal),
+            row("rename → peer's inotify read returns", limits.inotify),
+        ])
+        out.append("")
+        out.append("stop fan-out (ms from the trigger)")
+        var fanRows = [[
+            "ranks", "trigger", "trials", "every rank answered p50", "p99", "sampled in hand p50", "p99",
+            "stop step sent p99", "client reaction p50 (µs)", "raw p50", "raw p99",
+        ]]
+        for result in fanOut {
+            let raw = rawFanOut.first { $0.ranks == result.ranks }
+            fanRows.append([
+                "\(result.ranks)", result.trigger.rawValue, "\(result.trials.count)",
+                number(result.everyRankAnswered.p50), number(result.everyRankAnswered.p99),
+                number(result.sampledInHand.p50), number(result.sampledInHand.p99), number(result.stopStepSent.p99),
+                number(result.reaction.p50),
+                raw.map { number($0.everyPeer.p50) } ?? "-", raw.map { number($0.everyPeer.p99) } ?? "-",
+            ])
+        }
+        out += columns(fanRows)
+        out.append("  every rank answered: the stop step reaches rank 0, sent first once the coordinator holds every answer (upper bound)")
+        out.append("  sampled: rank 0 and 1 rank in N/8 counting back from the last, through a relay in the rank; in hand = its client answered")
+        out.append("  stop step sent: the coordinator has sent stop_at to every rank")
+        out.append("  client reaction: from the stop reaching a sampled rank to its client's answer, with the relay's 2 hops")
+        out.append("  raw: this process writes the stop line to N sockets, N bare peers blocked in read (no coordinator, no client)")
+        out.append("")
+        out.append("detection (ms from the trigger to the coordinator writing its \"stop requested\" line)")
+        var detectionRows = [["ranks", "trigger", "p50", "p99", "max"]]
+        for result in fanOut {
+            detectionRows.append(["\(result.ranks)", result.trigger.rawValue, number(result.detection.p50), number(result.detection.p99), number(result.detection.max)])
+        }
+        out += columns(detectionRows)
+        out.append("")
+        out.append("per-step cost with nothing pending (ns per step)")
+        out += columns([
+            ["GracefulRank shouldStop(step:) (Swift)", number(stepCost.swift)],
+            ["graceful_exit should_stop(step) (Python)", number(stepCost.python)],
+            ["  the same Python loop around nothing", number(stepCost.pythonEmptyLoop)],
+            ["json.load(open(path))[\"GracefulExit\"] == 1 (Python, MindSpore's way)", number(stepCost.mindSporeStyle)],
+        ])
+        out.append("")
+        out.append("coordinator footprint while nothing happens")
+        var footprintRows = [["ranks", "rank output", "seconds", "VmRSS MB", "VmHWM MB", "CPU % (schedstat)", "CPU % (ticks)"]]
+        for entry in footprint {
+            footprintRows.append([
+                "\(entry.ranks)", entry.logEvery.map { "1 line / \(number($0)) s each" } ?? "none", number(entry.seconds),
+                number(Double(entry.residentKilobytes) / 1024), number(Double(entry.peakResidentKilobytes) / 1024),
+                number(entry.cpuPercent), number(entry.cpuPercentFromTicks),
+            ])
+        }
+        out += columns(footprintRows)
+        out.append("")
+        out.append("launch (ms from starting graceful run to every rank's hello)")
+        var launchRows = [["ranks", "launches", "sent p50", "sent max", "relayed p50", "relayed max"]]
+        for entry in launch {
+            launchRows.append([
+                "\(entry.ranks)", "\(entry.helloSent.count)", number(entry.helloSent.p50), number(entry.helloSent.max),
+                number(entry.helloRelayed.p50), number(entry.helloRelayed.max),
+            ])
+        }
+        out += columns(launchRows)
+        out.append("")
+        out.append("trivial 4-rank Python job")
+        var comparisonRows = [["launcher", "start to exit (s)", "launcher VmHWM (MB)"]]
+        comparisonRows.append(["graceful", number(comparison.graceful.trivialJobSeconds), number(Double(comparison.graceful.peakResidentKilobytes) / 1024)])
+        if let torch = comparison.torchrun {
+            comparisonRows.append(["torchrun", number(torch.trivialJobSeconds), number(Double(torch.peakResidentKilobytes) / 1024)])
+        } else {
+            comparisonRows.append(["torchrun", comparison.torchrunAbsence, ""])
+        }
+        out += columns(comparisonRows)
+        out.append("")
+        out.append("clean: \(launches - uncleanStops.count) of \(launches) launches of graceful run stopped with exit 0; \(leftoverProcesses) processes left behind")
+        out += uncleanStops.map { "  not clean: " + $0 }
+        return out.joined(separator: "\n")
+    }
+
+    private func row(_ name: String, _ summary: Summary) -> [String] {
+        [name, number(summary.p50), number(summary.p99), number(summary.max), "\(summary.count)"]
+    }
+
+    /// Three significant digits, at least one decimal below 100.
+    private func number(_ value: Double) -> String {
+        guard value.isFinite else { return "-" }
+        if abs(value) >= 100 { return String(format: "%.0f", value) }
+        if abs(value) >= 10 { return String(format: "%.1f", value) }
+        if abs(value) >= 1 { return String(format: "%.2f", value) }
+        return String(format: "%.3f", value)
+    }
+
+    /// Left-aligned first column, right-aligned numbers.
+    private func columns(_ rows: [[String]]) -> [String] {
+        let count = rows.map(\.count).max() ?? 0
+        let widths = (0..<count).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
+        return rows.map { row in
+            "  " + row.enumerated().map { column, cell in
+                let pad = String(repeating: " ", count: widths[column] - cell.count)
+                return column == 0 ? cell + pad : pad + cell
+            }.joined(separator: "  ")
+        }
+    }
+}

@@ -1,0 +1,84 @@
+import Foundation
+import Testing
+
+/// `graceful-bench --quick` runs to the end and writes every figure docs/BENCHMARKS.md reports. A smoke
+/// test only: it checks that the benchmark works, never how fast anything is.
+@Suite struct BenchmarkSmokeTests {
+    static let bench = URL(fileURLWithPath: Launched.graceful).deletingLastPathComponent()
+        .appendingPathComponent("graceful-bench").path
+
+    /// The figures every percentile summary holds.
+    static let summaryKeys = ["samples", "p50", "p99", "max"]
+
+    @Test func quickRunWritesEveryFigure() throws {
+        let directory = try TemporaryDirectory()
+        let json = directory.file("bench.json")
+        let run = try Launched([Self.bench, "--quick", "--json", json], in: directory.path)
+        #expect(try run.waitForExit(timeout: 300) == 0, "\(run.output)")
+
+        let data = try #require(FileManager.default.contents(atPath: json), "no JSON written\n\(run.output)")
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        expectNumbers(report, ["schema"])
+        expectNumbers(try object(report, "machine"), ["nproc", "memory_mb"])
+        let limits = try object(report, "limits")
+        for key in ["pipe_one_way_us", "socket_one_way_us", "signal_delivery_us", "inotify_rename_us"] {
+            expectNumbers(try object(limits, key), Self.summaryKeys, key)
+        }
+        expectNumbers(
+            try object(report, "step_cost"),
+            ["swift_should_stop_ns", "python_should_stop_ns", "python_empty_loop_ns", "python_json_read_ns"])
+
+        let fanOut = try entries(report, "fan_out")
+        #expect(Set(fanOut.compactMap { $0["trigger"] as? String }) == ["signal", "control-file"])
+        for entry in fanOut {
+            expectNumbers(entry, ["ranks", "trials", "sampled_ranks", "clean_stops"], "fan_out")
+            for key in [
+                "every_rank_answered_ms", "stop_step_sent_ms", "sampled_in_hand_ms", "sampled_delivered_ms",
+                "sampled_stop_step_ms", "per_sampled_rank_in_hand_ms", "detection_ms", "sampled_reaction_us",
+            ] {
+                expectNumbers(try object(entry, key), Self.summaryKeys, "fan_out \(key)")
+            }
+        }
+        for entry in try entries(report, "raw_fan_out") {
+            expectNumbers(entry, ["ranks"], "raw_fan_out")
+            for key in ["every_peer_ms", "per_peer_ms"] { expectNumbers(try object(entry, key), Self.summaryKeys, key) }
+        }
+        for entry in try entries(report, "launch") {
+            expectNumbers(entry, ["ranks", "launches"], "launch")
+            for key in ["every_hello_sent_ms", "every_hello_relayed_ms"] {
+                expectNumbers(try object(entry, key), Self.summaryKeys, key)
+            }
+        }
+        for entry in try entries(report, "footprint") {
+            expectNumbers(entry, [
+                "ranks", "rank_lines_per_second", "seconds", "vm_rss_kb", "vm_hwm_kb", "cpu_ticks",
+                "cpu_percent_ticks", "cpu_ms", "cpu_percent", "exit_code",
+            ], "footprint")
+        }
+        let comparison = try object(report, "comparison")
+        expectNumbers(try object(comparison, "graceful"), ["trivial_job_s", "agent_vm_hwm_kb"])
+        #expect(try object(comparison, "torchrun")["available"] is Bool)
+        expectNumbers(try object(report, "clean"), ["launches", "clean_stops", "leftover_processes"])
+    }
+
+    private func object(_ parent: [String: Any], _ key: String) throws -> [String: Any] {
+        try #require(parent[key] as? [String: Any], "\(key) is missing or not an object")
+    }
+
+    private func entries(_ parent: [String: Any], _ key: String) throws -> [[String: Any]] {
+        let list = try #require(parent[key] as? [[String: Any]], "\(key) is missing or not a list")
+        #expect(!list.isEmpty, "\(key) is empty")
+        return list
+    }
+
+    /// Each key holds a number, not a boolean (JSON has no NaN: a figure that could not be measured
+    /// is written as null, and fails here).
+    private func expectNumbers(_ object: [String: Any], _ keys: [String], _ context: String = "") {
+        for key in keys {
+            let number = object[key] as? NSNumber
+            // JSONSerialization gives true and false as NSNumbers of type "c" (char).
+            let isBoolean = number.map { String(cString: $0.objCType) == "c" } ?? false
+            #expect(number != nil && !isBoolean, "\(context) \(key) is \(String(describing: object[key]))")
+        }
+    }
+}
