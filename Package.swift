@@ -26,7 +26,7 @@ let package = Package(
         // The benchmark (docs/BENCHMARKS.md): `swift run -c release graceful-bench`.
         .executableTarget(name: "graceful-bench", dependencies: ["graceful", "graceful-bench-rank"]),
         // The rank the benchmark launches under `graceful run`, and its measurement peers.
-        .executableTarget(name: "graceful-bench-rank", dependencies: ["GracefulRank"]),
+        .executableTarget(name: "graceful-bench-rank", dependencies: ["CGraceful", "GracefulRank"]),
         .testTarget(
             name: "GracefulTests",
             dependencies: ["CGraceful", "Graceful", "GracefulProtocol", "graceful", "swift-rank-example"]

@@ -7,10 +7,14 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <limits.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -339,3 +343,45 @@ int graceful_rank_catch_stop_signals(void) {
 }
 
 int graceful_rank_caught_signal(void) { return rank_caught_signal; }
+
+uint32_t *graceful_doorbell_map(const char *path, int writable) {
+    // A new file each time: a process still mapping an older one keeps its page (a truncated file
+    // would fault it with SIGBUS).
+    if (writable && unlink(path) != 0 && errno != ENOENT) return NULL;
+    int fd = writable ? open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)
+                      : open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    if (writable && ftruncate(fd, GRACEFUL_DOORBELL_SIZE) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return NULL;
+    }
+    struct stat info;
+    if (!writable && (fstat(fd, &info) != 0 || info.st_size < GRACEFUL_DOORBELL_SIZE)) {
+        close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
+    void *page = mmap(NULL, GRACEFUL_DOORBELL_SIZE, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+    int saved = errno;
+    close(fd);
+    if (page == MAP_FAILED) {
+        errno = saved;
+        return NULL;
+    }
+    return page;
+}
+
+void graceful_doorbell_ring(uint32_t *word, uint32_t id) {
+    __atomic_store_n(word, id, __ATOMIC_SEQ_CST);
+    // Shared (not FUTEX_PRIVATE): the waiters are in other processes. Without waiters it is cheap.
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void graceful_doorbell_wait(const uint32_t *word, uint32_t seen) {
+    // Returns early on a signal or a spurious wake-up: the loop checks the word again.
+    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == seen) {
+        syscall(SYS_futex, word, FUTEX_WAIT, seen, NULL, NULL, 0);
+    }
+}

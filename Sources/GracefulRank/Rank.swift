@@ -23,8 +23,10 @@ import Synchronization
 /// SIGINT, SIGTERM and the control file (`GRACEFUL_CONTROL_FILE`, default `graceful_exit.json`,
 /// checked by a background thread every half second) stop the rank at its next boundary.
 ///
-/// `shouldStop(step:)` costs two atomic operations and a function call when nothing is pending: no
-/// lock, no system call.
+/// `shouldStop(step:)` costs a few atomic loads and a store when nothing is pending: no lock, no
+/// system call. Under the coordinator it also reads the doorbell (docs/PROTOCOL.md), a word the
+/// coordinator stores to before its messages go out, so a boundary acts on a request even before
+/// the channel's reader thread got a CPU to read it.
 public final class Rank: Sendable {
     /// The process's one client; the channel can be owned only once.
     public static let shared = Rank()
@@ -43,6 +45,10 @@ public final class Rank: Sendable {
     private let lastStep = Atomic<Int>(Rank.noStep)
     private let pending = Atomic<Bool>(false)
     private let checkpointPending = Atomic<Bool>(false)
+    /// The doorbell's word, or a private zero when there is none.
+    private nonisolated(unsafe) let doorbell: UnsafePointer<UInt32>
+    /// The doorbell's value for the latest request the reader handled.
+    private let heardRound = Atomic<UInt32>(0)
     private let state = NSCondition()
     private nonisolated(unsafe) var stopState = StopState()
     private let writeLock = Mutex(())
@@ -78,6 +84,16 @@ public final class Rank: Sendable {
         localRank = environment["LOCAL_RANK"].flatMap(Int.init) ?? 0
         resumeStep = environment["GRACEFUL_RESUME_STEP"].flatMap(Int.init)
         resumePath = environment["GRACEFUL_RESUME_PATH"]
+        if let path = environment["GRACEFUL_DOORBELL"], environment["GRACEFUL_CHANNEL_FD"] != nil,
+           let page = graceful_doorbell_map(path, 0) {
+            doorbell = UnsafePointer(page)
+        } else {
+            let silent = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+            silent.initialize(to: 0)
+            doorbell = UnsafePointer(silent)
+        }
+        unsetenv("GRACEFUL_DOORBELL")
+        heardRound.store(graceful_doorbell_load(doorbell), ordering: .relaxed)
         if let text = environment["GRACEFUL_CHANNEL_FD"], let fd = Int32(text), fcntl(fd, F_GETFD) >= 0 {
             channel = fd
             isCoordinated = true
@@ -125,7 +141,9 @@ public final class Rank: Sendable {
     @inline(__always)
     public func shouldStop(step: Int) -> Bool {
         lastStep.store(step, ordering: .sequentiallyConsistent)
-        if !pending.load(ordering: .sequentiallyConsistent) && graceful_rank_caught_signal() == 0 {
+        if !pending.load(ordering: .sequentiallyConsistent)
+            && graceful_doorbell_load(doorbell) == heardRound.load(ordering: .relaxed)
+            && graceful_rank_caught_signal() == 0 {
             return false
         }
         return decide(step: step)
@@ -163,12 +181,23 @@ public final class Rank: Sendable {
             stopState.stopStep = stopState.stopStep ?? step
             return true
         }
+        var giveUp: Date?
         while true {
             if stopState.stopping { return true }
             if stopState.channelClosed {
                 stopState.stopping = true
                 stopState.stopStep = stopState.stopStep ?? step
                 return true
+            }
+            let rung = graceful_doorbell_load(doorbell)
+            if rung != heardRound.load(ordering: .relaxed) {
+                // A request is on its way on the channel: wait for it here, at this boundary. A
+                // ring whose message never comes (one not meant for this rank) is let go after 1 s.
+                let deadline = giveUp ?? Date(timeIntervalSinceNow: 1)
+                giveUp = deadline
+                if state.wait(until: deadline) { continue }
+                heardRound.store(rung, ordering: .relaxed)
+                continue
             }
             guard let request = stopState.request else {
                 pending.store(false, ordering: .sequentiallyConsistent)
@@ -238,6 +267,9 @@ public final class Rank: Sendable {
 
     private func answer(id: Int, trigger: String, isStop: Bool) {
         let position: Int?? = state.withLock {
+            heardRound.store(UInt32(truncatingIfNeeded: id), ordering: .relaxed)
+            // A boundary waiting for the doorbell's request re-checks, whatever becomes of it.
+            state.broadcast()
             // A checkpoint request never replaces a stop request.
             if !isStop, stopState.request?.isStop == true { return nil }
             // The flag first, then the position: a boundary that misses the flag has stored its

@@ -10,6 +10,7 @@
 //
 // Peers ignore further arguments: the benchmark adds its scratch directory, by which it finds leftovers.
 import Dispatch
+import CGraceful
 import Foundation
 import Glibc
 import GracefulRank
@@ -76,6 +77,8 @@ final class RelayTimes: Sendable {
     let answered = Atomic<Int64>(0)
     /// The stop step (`stop_at`) was read from the coordinator's channel.
     let told = Atomic<Int64>(0)
+    /// A thread waiting on the doorbell's word (FUTEX_WAIT) woke to a new request.
+    let rung = Atomic<Int64>(0)
     /// Signalled once the client's `checkpointed` went on to the coordinator.
     let checkpointForwarded = DispatchSemaphore(value: 0)
 }
@@ -93,8 +96,12 @@ final class RelayTimes: Sendable {
 /// would race the reader: poll reports nothing once the reader has drained the socket.) The relay
 /// adds one socket hop each way and two thread wake-ups, so only a sample of ranks is relayed.
 ///
+/// A relayed rank also has a thread blocked on the doorbell (FUTEX_WAIT), stamping when the
+/// coordinator's store woke it: the moment the request is in the memory every rank's `shouldStop`
+/// reads, overstated by one futex wake-up.
+///
 /// Appends to the results file `hello RANK TIME` once the hello is sent and, in a relayed rank,
-/// `stop RANK DELIVERED ANSWERED TOLD` as soon as the stop step arrived: on disk before anything
+/// `stop RANK DELIVERED ANSWERED TOLD RUNG` as soon as the stop step arrived (RUNG 0: no doorbell): on disk before anything
 /// the coordinator may do next (SIGTERM to every rank, when it judges the stop failed).
 func runRank(_ arguments: [String]) -> Never {
     guard let results = option("--results", in: arguments) else { fail("rank needs --results FILE") }
@@ -111,6 +118,18 @@ func runRank(_ arguments: [String]) -> Never {
     let relayed = relayEvery > 0 && (index == 0 || (worldSize - 1 - index) % relayEvery == 0)
     let relay = relayed ? RelayTimes() : nil
     var clientEnd: Int32 = -1
+    if let relay, let path = getenv("GRACEFUL_DOORBELL"), let page = graceful_doorbell_map(path, 0) {
+        // Mapped before the client starts, so the value it waits past is the one the client saw.
+        let seen = graceful_doorbell_load(page)
+        // The page stays mapped for the life of the process; its address crosses as a number.
+        let address = UInt(bitPattern: page)
+        let waiter = Thread {
+            graceful_doorbell_wait(UnsafePointer(bitPattern: address)!, seen)
+            relay.rung.store(now(), ordering: .sequentiallyConsistent)
+        }
+        waiter.name = "bench-doorbell"
+        waiter.start()
+    }
     if relay != nil {
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else { fail("socketpair") }
@@ -185,7 +204,8 @@ func relayChannel(_ channel: Int32, _ client: Int32, _ times: RelayTimes, result
                 if told {
                     let delivered = times.delivered.load(ordering: .sequentiallyConsistent)
                     let answered = times.answered.load(ordering: .sequentiallyConsistent)
-                    appendLine(results, "stop \(rank) \(delivered) \(answered) \(time)")
+                    let rung = times.rung.load(ordering: .sequentiallyConsistent)
+                    appendLine(results, "stop \(rank) \(delivered) \(answered) \(time) \(rung)")
                 }
             } else {
                 if contains(bytes, position) { _ = times.answered.compareExchange(expected: 0, desired: time, ordering: .sequentiallyConsistent) }

@@ -15,8 +15,9 @@ final class BenchJob {
         /// When each rank's client had sent its hello, by rank.
         var helloSent: [Int: Int64] = [:]
         /// Per relayed rank that was told the stop step: when the stop's bytes reached its relay, when
-        /// its client's answer did, and when the stop step did.
-        var relayed: [(rank: Int, delivered: Int64, answered: Int64, told: Int64)] = []
+        /// its client's answer did, when the stop step did, and when the doorbell woke its waiter (0:
+        /// it did not).
+        var relayed: [(rank: Int, delivered: Int64, answered: Int64, told: Int64, rung: Int64)] = []
     }
 
     /// One rank in this many has a relay (see `graceful-bench-rank`), counting back from the last,
@@ -125,8 +126,8 @@ final class BenchJob {
             let numbers = words.dropFirst().compactMap { Int64($0) }
             if words.first == "hello", numbers.count == 2 {
                 times.helloSent[Int(numbers[0])] = numbers[1]
-            } else if words.first == "stop", numbers.count == 4 {
-                times.relayed.append((Int(numbers[0]), numbers[1], numbers[2], numbers[3]))
+            } else if words.first == "stop", numbers.count == 5 {
+                times.relayed.append((Int(numbers[0]), numbers[1], numbers[2], numbers[3], numbers[4]))
             }
         }
         return times

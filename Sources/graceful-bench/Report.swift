@@ -65,13 +65,14 @@ struct Report {
         out.append("")
         out.append("stop fan-out (ms from the trigger)")
         var fanRows = [[
-            "ranks", "trigger", "trials", "every rank answered p50", "p99", "sampled in hand p50", "p99",
+            "ranks", "trigger", "trials", "doorbell p50", "p99", "every rank answered p50", "p99", "sampled answered p50", "p99",
             "stop step sent p99", "client reaction p50 (µs)", "raw p50", "raw p99",
         ]]
         for result in fanOut {
             let raw = rawFanOut.first { $0.ranks == result.ranks }
             fanRows.append([
                 "\(result.ranks)", result.trigger.rawValue, "\(result.trials.count)",
+                number(result.sampledRung.p50), number(result.sampledRung.p99),
                 number(result.everyRankAnswered.p50), number(result.everyRankAnswered.p99),
                 number(result.sampledInHand.p50), number(result.sampledInHand.p99), number(result.stopStepSent.p99),
                 number(result.reaction.p50),
@@ -79,8 +80,9 @@ struct Report {
             ])
         }
         out += columns(fanRows)
+        out.append("  doorbell: the last sampled rank's thread in FUTEX_WAIT on the doorbell wakes (the request is in every rank's memory)")
         out.append("  every rank answered: the stop step reaches rank 0, sent first once the coordinator holds every answer (upper bound)")
-        out.append("  sampled: rank 0 and 1 rank in N/8 counting back from the last, through a relay in the rank; in hand = its client answered")
+        out.append("  sampled: rank 0 and 1 rank in N/8 counting back from the last, through a relay in the rank; answered = its client's reader answered")
         out.append("  stop step sent: the coordinator has sent stop_at to every rank")
         out.append("  client reaction: from the stop reaching a sampled rank to its client's answer, with the relay's 2 hops")
         out.append("  raw: this process writes the stop line to N sockets, N bare peers blocked in read (no coordinator, no client)")

@@ -14,8 +14,10 @@ enum StopTrigger: String, CaseIterable {
 /// - detection: from the trigger to the coordinator writing its `stop requested` line (which it does
 ///   before sending the first stop message);
 /// - sampled ranks (rank 0 and one in N/8 counting back from the last, through a relay thread in the
-///   rank, see `graceful-bench-rank`): when the stop reached the rank (delivered), when its client
-///   answered (in hand; overstated by the relay's two socket hops), and when the stop step reached it;
+///   rank, see `graceful-bench-rank`): when the doorbell woke a thread waiting on it (the request is
+///   in every rank's memory: the next boundary acts on it), when the stop reached the rank
+///   (delivered), when its client answered (its reader has it; overstated by the relay's two socket
+///   hops), and when the stop step reached it;
 /// - every rank answered: when the stop step reached rank 0. The coordinator sends it to rank 0 first,
 ///   right after it holds every rank's answer, and no rank answers before it has the stop in hand: an
 ///   upper bound on the fan-out to every rank, exact for none, loose by one round trip at most;
@@ -36,6 +38,8 @@ struct StopTrial {
     let everyRankAnsweredMilliseconds: Double
     let stopStepSentMilliseconds: Double
     let sampledInHandMilliseconds: [Double]
+    /// Per sampled rank, when its doorbell waiter woke (nan where the doorbell never rang).
+    let sampledRungMilliseconds: [Double]
     let sampledDeliveredMilliseconds: [Double]
     let sampledToldMilliseconds: [Double]
     /// Per sampled rank, from the stop reaching the rank to its client's answer: the client's own
@@ -70,6 +74,7 @@ struct StopTrial {
             everyRankAnsweredMilliseconds: sampled.first { $0.rank == 0 }.map { since($0.told) } ?? .nan,
             stopStepSentMilliseconds: since(sent),
             sampledInHandMilliseconds: sampled.map { since($0.answered) },
+            sampledRungMilliseconds: sampled.map { $0.rung == 0 ? .nan : since($0.rung) },
             sampledDeliveredMilliseconds: sampled.map { since($0.delivered) },
             sampledToldMilliseconds: sampled.map { since($0.told) },
             sampledReactionMicroseconds: sampled.map { ($0.answered - $0.delivered).microseconds })
@@ -87,6 +92,10 @@ struct FanOutResult {
     var stopStepSent: Summary { Summary(trials.map(\.stopStepSentMilliseconds)) }
     /// Per trial, the last sampled rank to have the stop in hand.
     var sampledInHand: Summary { Summary(trials.map { $0.sampledInHandMilliseconds.max() ?? .nan }) }
+    /// Per trial, the last sampled rank woken by the doorbell (nan when one was not).
+    var sampledRung: Summary {
+        Summary(trials.map { $0.sampledRungMilliseconds.contains(where: \.isNaN) ? .nan : $0.sampledRungMilliseconds.max() ?? .nan })
+    }
     var sampledDelivered: Summary { Summary(trials.map { $0.sampledDeliveredMilliseconds.max() ?? .nan }) }
     var sampledTold: Summary { Summary(trials.map { $0.sampledToldMilliseconds.max() ?? .nan }) }
     /// Every sampled rank of every trial.
@@ -100,7 +109,7 @@ struct FanOutResult {
             "ranks": ranks, "trigger": trigger.rawValue, "trials": trials.count,
             "sampled_ranks": BenchJob.relayed(ranks: ranks),
             "every_rank_answered_ms": everyRankAnswered.json, "stop_step_sent_ms": stopStepSent.json,
-            "sampled_in_hand_ms": sampledInHand.json, "sampled_delivered_ms": sampledDelivered.json,
+            "sampled_in_hand_ms": sampledInHand.json, "sampled_doorbell_ms": sampledRung.json, "sampled_delivered_ms": sampledDelivered.json,
             "sampled_stop_step_ms": sampledTold.json, "per_sampled_rank_in_hand_ms": perSampledRank.json,
             "detection_ms": detection.json, "sampled_reaction_us": reaction.json, "clean_stops": cleanStops,
         ]

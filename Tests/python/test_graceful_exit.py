@@ -116,6 +116,45 @@ class CoordinatedTests(RankTestCase):
                     "committed_step": None, "same_instance": True}
         self.assertEqual({key: rank.ready[key] for key in expected}, expected)
 
+    def doorbell(self):
+        """A doorbell file as the coordinator makes it, and a function that rings it."""
+        path = os.path.join(self.cwd, "doorbell")
+        with open(path, "wb") as f:
+            f.write(bytes(4096))
+
+        def ring(request_id):
+            with open(path, "r+b") as f:
+                f.write(request_id.to_bytes(4, sys.byteorder))
+        return path, ring
+
+    def test_a_ring_holds_the_next_boundary_until_its_request_arrives(self):
+        path, ring = self.doorbell()
+        rank = self.start(env={"GRACEFUL_DOORBELL": path})
+        rank.channel.receive()
+        self.run_steps(rank, 1, 3)
+        ring(1)
+        rank.write("2")
+        self.expect(rank, at=4)
+        # Boundary 4 saw the ring: it waits for the message instead of training on.
+        self.expect_no_event(rank, 0.3)
+        self.stop(rank, 4)
+        self.expect(rank, boundary=4, stop=False, checkpoint=False)
+        self.stop_at(rank, 5)
+        self.expect_boundaries(rank, 5, 5, stop_at=5)
+        self.expect_confirmation(rank, 5, stop_step=5)
+        self.expect_exit(rank)
+
+    def test_a_ring_without_its_message_is_let_go(self):
+        path, ring = self.doorbell()
+        rank = self.start(env={"GRACEFUL_DOORBELL": path})
+        rank.channel.receive()
+        ring(7)
+        rank.write("2")
+        self.expect(rank, at=1)
+        self.expect(rank, boundary=1, stop=False, checkpoint=False)
+        self.expect_boundaries(rank, 2, 2)
+        self.expect_info(rank, stop_step=None, trigger=None)
+
     def test_position_is_answered_while_the_training_loop_is_blocked(self):
         rank = self.start()
         rank.channel.receive()

@@ -21,7 +21,9 @@ Usage::
 
 Under the `graceful` coordinator (GRACEFUL_CHANNEL_FD is set) the client speaks the rank protocol
 of docs/PROTOCOL.md: a reader thread answers each stop or checkpoint request at once with the
-rank's last boundary; `should_stop` returns True exactly at the stop step T the coordinator chose,
+rank's last boundary, and the doorbell (a shared page the coordinator writes before it sends a
+request) makes the next boundary wait for that request even before the reader ran; `should_stop`
+returns True exactly at the stop step T the coordinator chose,
 and `should_checkpoint` exactly at the step T of a checkpoint without stopping, so all ranks save
 after the same step and none is left alone in a collective. Anywhere else (plain `python`,
 `torchrun`) `should_stop` returns True at the next boundary after SIGINT, SIGTERM, or a control
@@ -48,9 +50,11 @@ Python 3.9+, standard library only.
 """
 
 import json
+import mmap
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -66,6 +70,10 @@ _STOP = "stop"
 _CHECKPOINT = "checkpoint"
 _KIND_OF_TARGET = {"stop_at": _STOP, "checkpoint_at": _CHECKPOINT}
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+# Without a doorbell, should_stop reads this constant zero instead.
+_SILENT_BELL = b"\0"
+# How long a boundary waits for the request a ring announced before letting the ring go.
+_BELL_PATIENCE = 1.0
 
 _instance = None
 _instance_lock = threading.Lock()
@@ -113,7 +121,7 @@ class Rank:
         "rank", "world_size", "local_rank", "resume_step", "resume_path",
         "_position", "_attention", "_stop_now", "_stopped", "_request", "_ckpt_due", "_stop_step",
         "_trigger", "_checkpoint_trigger", "_committed", "_cond", "_write_lock", "_sock",
-        "_control_file", "_control_key", "_warned",
+        "_control_file", "_control_key", "_warned", "_bell", "_heard",
     )
 
     def __new__(cls, control_file=None):
@@ -154,6 +162,13 @@ class Rank:
         fd_text = os.environ.pop("GRACEFUL_CHANNEL_FD", None)
         if fd_text is not None:
             self._sock = self._open_channel(fd_text)
+        # _bell[0] is the low byte of the doorbell's word; _heard, that byte of the latest request
+        # the reader handled. They differ while a rung request has not been read yet.
+        self._bell = _SILENT_BELL
+        bell_path = os.environ.pop("GRACEFUL_DOORBELL", None)
+        if self._sock is not None and bell_path and sys.byteorder == "little":
+            self._bell = self._map_doorbell(bell_path)
+        self._heard = self._bell[0]
         if self._sock is not None:
             self._send({"type": "hello", "protocol": PROTOCOL, "pid": os.getpid()})
             threading.Thread(target=self._read_channel, name="graceful-exit-channel",
@@ -196,7 +211,7 @@ class Rank:
         """Call at every step boundary, right after finishing `step`. True: save, call
         checkpointed(step, path), exit."""
         self._position = step
-        if self._attention:
+        if self._attention or self._bell[0] != self._heard:
             return self._decide(step)
         return False
 
@@ -217,6 +232,7 @@ class Rank:
     # -- the decision -------------------------------------------------------------------------
 
     def _decide(self, step):
+        give_up = None
         with self._cond:
             while True:
                 if self._stopped:
@@ -227,6 +243,18 @@ class Rank:
                         self._stop_step = step
                     self._stopped = True
                     return True
+                rung = self._bell[0]
+                if rung != self._heard:
+                    # A request is on its way on the channel: wait for it at this boundary. A ring
+                    # whose message never comes (not meant for this rank) is let go.
+                    if give_up is None:
+                        give_up = time.monotonic() + _BELL_PATIENCE
+                    remaining = give_up - time.monotonic()
+                    if remaining > 0:
+                        self._cond.wait(remaining)
+                    else:
+                        self._heard = rung
+                    continue
                 request = self._request
                 if request is None:
                     # Nothing else needs the slow path: the stop triggers were tested above.
@@ -254,6 +282,14 @@ class Rank:
                 self._request = None  # the round is over: the next pass clears the flag
 
     # -- coordinator mode ---------------------------------------------------------------------
+
+    @staticmethod
+    def _map_doorbell(path):
+        try:
+            with open(path, "rb") as f:
+                return mmap.mmap(f.fileno(), 4096, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return _SILENT_BELL  # only speed is lost: requests still come on the channel
 
     def _open_channel(self, fd_text):
         try:
@@ -316,6 +352,10 @@ class Rank:
             trigger = message.get("trigger")
             trigger = trigger if isinstance(trigger, str) else None
             with self._cond:
+                if _is_int(request_id):
+                    self._heard = request_id & 0xFF
+                # A boundary waiting for the doorbell's request re-checks, whatever becomes of it.
+                self._cond.notify_all()
                 current = self._request
                 if kind == _CHECKPOINT and current is not None and current.kind == _STOP:
                     return  # a checkpoint never replaces a stop (and gets no answer)

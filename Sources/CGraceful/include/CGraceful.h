@@ -81,4 +81,19 @@ int graceful_rank_catch_stop_signals(void);
 /// The last stop signal caught by the handlers above, or 0.
 int graceful_rank_caught_signal(void);
 
+/// The doorbell: a page of a file every rank maps, whose first 32-bit word is the id of the latest
+/// request (stop or checkpoint) the coordinator sent (docs/PROTOCOL.md, "The doorbell").
+enum { GRACEFUL_DOORBELL_SIZE = 4096 };
+/// Maps the doorbell file at `path`, read-write with `writable` (replacing any file there with a new,
+/// zeroed one), else read-only. Returns the page, or NULL with errno. The descriptor is closed before returning.
+uint32_t *graceful_doorbell_map(const char *path, int writable);
+/// Stores `id` in the word, then wakes every thread waiting on it with FUTEX_WAIT.
+void graceful_doorbell_ring(uint32_t *word, uint32_t id);
+/// Blocks until the word differs from `seen` (FUTEX_WAIT, so it costs nothing while it waits).
+void graceful_doorbell_wait(const uint32_t *word, uint32_t seen);
+/// The word as it is now. Inline, so a rank's step boundary pays a load and no call.
+static inline uint32_t graceful_doorbell_load(const uint32_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
 #endif

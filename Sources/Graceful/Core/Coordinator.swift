@@ -263,6 +263,7 @@ public struct Coordinator: Sendable {
             // A record must never name a step some rank did not save: a mixed gang cannot commit.
             actions.append(.report("warning: rank(s) \(plain.map(String.init).joined(separator: ", ")) never said hello (not using the client, or not started yet): nothing will be committed"))
         }
+        if !speaking.isEmpty { actions.append(.ring(id: stop.round.id)) }
         for rank in speaking {
             actions.append(.send(rank: rank, .stop(id: stop.round.id, trigger: trigger.description)))
         }
@@ -287,6 +288,7 @@ public struct Coordinator: Sendable {
         let round = newRound(.checkpoint, trigger: trigger, now: now)
         phase = .running(checkpoint: round)
         actions.append(.report("checkpoint requested (\(trigger)); asking \(speaking.count) rank(s) for their position"))
+        actions.append(.ring(id: round.id))
         for rank in speaking {
             actions.append(.send(rank: rank, .checkpoint(id: round.id, trigger: trigger)))
         }

@@ -29,6 +29,9 @@ public enum CoordinatorEvent: Equatable, Sendable {
 
 /// Something the process layer must do, returned by `Coordinator.handle(_:now:)`, in order.
 public enum CoordinatorAction: Equatable, Sendable {
+    /// Store request `id` in the doorbell every rank maps (docs/PROTOCOL.md), so every rank has it
+    /// at once; its `stop` or `checkpoint` messages follow.
+    case ring(id: Int)
     /// Write one message on the rank's channel.
     case send(rank: Int, CoordinatorMessage)
     /// Send a signal to the rank's whole process group.

@@ -10,6 +10,8 @@ public struct RankEnvironment: Sendable {
     public var maxRestarts = 0
     /// The committed record to resume from, if any.
     public var resume: CommitRecord?
+    /// The doorbell file the ranks map (docs/PROTOCOL.md), when the coordinator has one.
+    public var doorbellPath: String?
 
     /// The descriptor number the channel has inside every rank.
     public static let channelDescriptor: Int32 = 3
@@ -53,6 +55,7 @@ public struct RankEnvironment: Sendable {
             ("GRACEFUL_RUN_DIR", runDirectory),
             ("GRACEFUL_RESTART_COUNT", String(restartCount)),
         ]
+        if let doorbellPath { own.append(("GRACEFUL_DOORBELL", doorbellPath)) }
         if let resume {
             own.append(("GRACEFUL_RESUME_STEP", String(resume.step)))
             if rank < resume.paths.count, let path = resume.paths[rank] {

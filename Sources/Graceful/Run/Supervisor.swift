@@ -20,6 +20,9 @@ public final class Supervisor {
     /// The rank of each process of the current attempt, so reaping is not a scan of every rank.
     private var rankByPID: [pid_t: Int] = [:]
     private var logFDs: [Int32] = []
+    /// The doorbell's word, mapped shared with every rank; nil when it could not be created.
+    private var doorbell: UnsafeMutablePointer<UInt32>?
+    static let doorbellName = "doorbell"
     private var runID = ""
     private var runDirectory = ""
     private var executable = ""
@@ -146,6 +149,14 @@ public final class Supervisor {
             runID: runID, runDirectory: runDirectory, worldSize: rankCount,
             masterAddress: configuration.masterAddress, masterPort: port, resume: resume)
         environment.maxRestarts = configuration.policy.maxRestarts
+        let doorbellPath = runDirectory + "/" + Self.doorbellName
+        if let page = graceful_doorbell_map(doorbellPath, 1) {
+            doorbell = page
+            environment.doorbellPath = doorbellPath
+        } else {
+            // Only speed is lost: every request still goes out on the channels.
+            console.report("warning: no doorbell (\(SystemError("mapping \(doorbellPath)"))); ranks learn of requests from their channel alone")
+        }
         inherited = Self.currentEnvironment()
         let header = "=== graceful run \(runID), \(Self.timestamp()) ===\n"
         for rank in 0..<rankCount {
@@ -336,6 +347,8 @@ public final class Supervisor {
     private func apply(_ actions: [CoordinatorAction]) {
         for action in actions {
             switch action {
+            case .ring(let id):
+                if let doorbell { graceful_doorbell_ring(doorbell, UInt32(truncatingIfNeeded: id)) }
             case .send(let rank, let message):
                 _ = ranks[rank].process.send(message.line)
             case .signal(let rank, let signal):
@@ -482,6 +495,7 @@ public final class Supervisor {
         console.report(Self.describe(code))
         for io in ranks { io.close(loop: loop) }
         logFDs.forEach(closeDescriptor)
+        if doorbell != nil { unlink(runDirectory + "/" + Self.doorbellName) }
         return stopGuard(code)
     }
 

@@ -53,6 +53,21 @@ import Testing
         #expect(stopStep(positions: [nil, nil]) == .some(nil))
     }
 
+    /// The doorbell is rung once per request, before any of its messages, and never for ranks that
+    /// do not speak the protocol.
+    @Test func everyRequestRingsTheDoorbellBeforeItsMessages() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        let checkpoint = machine.handle(.requestCheckpoint("SIGUSR2"), now: t0)
+        #expect(checkpoint.filter { $0 == .ring(id: 1) }.count == 1)
+        #expect(checkpoint.firstIndex(of: .ring(id: 1))! < checkpoint.firstIndex { if case .send = $0 { true } else { false } }!)
+        let stop = machine.handle(.trigger(.controlFile), now: t0)
+        #expect(stop.first { if case .ring = $0 { true } else { false } } == .ring(id: 2))
+        #expect(stop.firstIndex(of: .ring(id: 2))! < stop.firstIndex { if case .send = $0 { true } else { false } }!)
+
+        var plain = coordinator(ranks: 2, speaking: [])
+        #expect(!plain.handle(.trigger(.controlFile), now: t0).contains { if case .ring = $0 { true } else { false } })
+    }
+
     @Test func stopStepIsDecidedOnlyWhenEveryRankAnswered() {
         var machine = coordinator(ranks: 3, speaking: [0, 1, 2])
         let request = machine.handle(.trigger(.controlFile), now: t0)
