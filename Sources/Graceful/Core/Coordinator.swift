@@ -255,6 +255,8 @@ public struct Coordinator: Sendable {
         phase = .stopping(stop)
         let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
         let plain = ranks.indices.filter { ranks[$0].isAlive && !ranks[$0].speaksProtocol }
+        // The ring first: it reaches every rank at once, before anything else is written.
+        if !speaking.isEmpty { actions.append(.ring(id: stop.round.id)) }
         var line = "stop requested (\(trigger))"
         if !speaking.isEmpty { line += "; asking \(speaking.count) rank(s) for their position" }
         if !plain.isEmpty { line += "; SIGTERM to \(plain.count) rank(s) that do not speak the protocol" }
@@ -263,7 +265,6 @@ public struct Coordinator: Sendable {
             // A record must never name a step some rank did not save: a mixed gang cannot commit.
             actions.append(.report("warning: rank(s) \(plain.map(String.init).joined(separator: ", ")) never said hello (not using the client, or not started yet): nothing will be committed"))
         }
-        if !speaking.isEmpty { actions.append(.ring(id: stop.round.id)) }
         for rank in speaking {
             actions.append(.send(rank: rank, .stop(id: stop.round.id, trigger: trigger.description)))
         }
@@ -287,8 +288,8 @@ public struct Coordinator: Sendable {
         }
         let round = newRound(.checkpoint, trigger: trigger, now: now)
         phase = .running(checkpoint: round)
-        actions.append(.report("checkpoint requested (\(trigger)); asking \(speaking.count) rank(s) for their position"))
         actions.append(.ring(id: round.id))
+        actions.append(.report("checkpoint requested (\(trigger)); asking \(speaking.count) rank(s) for their position"))
         for rank in speaking {
             actions.append(.send(rank: rank, .checkpoint(id: round.id, trigger: trigger)))
         }
