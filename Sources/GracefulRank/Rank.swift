@@ -84,8 +84,9 @@ public final class Rank: Sendable {
         localRank = environment["LOCAL_RANK"].flatMap(Int.init) ?? 0
         resumeStep = environment["GRACEFUL_RESUME_STEP"].flatMap(Int.init)
         resumePath = environment["GRACEFUL_RESUME_PATH"]
-        if let path = environment["GRACEFUL_DOORBELL"], environment["GRACEFUL_CHANNEL_FD"] != nil,
-           let page = graceful_doorbell_map(path, 0) {
+        let channelFD = environment["GRACEFUL_CHANNEL_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 ? $0 : nil }
+        // Only a rank with a working channel gets the messages a ring announces.
+        if channelFD != nil, let path = environment["GRACEFUL_DOORBELL"], let page = graceful_doorbell_map(path, 0) {
             doorbell = UnsafePointer(page)
         } else {
             let silent = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
@@ -94,7 +95,7 @@ public final class Rank: Sendable {
         }
         unsetenv("GRACEFUL_DOORBELL")
         heardRound.store(graceful_doorbell_load(doorbell), ordering: .relaxed)
-        if let text = environment["GRACEFUL_CHANNEL_FD"], let fd = Int32(text), fcntl(fd, F_GETFD) >= 0 {
+        if let fd = channelFD {
             channel = fd
             isCoordinated = true
             // The channel is this process's alone: neither a program it executes nor a child it

@@ -18,6 +18,7 @@ import sys
 import time
 
 from graceful_exit import Rank
+from train import write_atomically
 
 
 def parse_args():
@@ -45,31 +46,6 @@ def data_seed(seed, step, rank):
     # A digest, not hash(): the same batch in every run and every process. 63 bits fit manual_seed.
     digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def save_atomically(torch, path, state):
-    """torch.save to a temporary file in the same directory, fsync, rename over `path`, fsync the
-    directory: a crash leaves the old file or the new one, never a torn one."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def train(args, rank, torch, ddp_class):
@@ -118,7 +94,8 @@ def train(args, rank, torch, ddp_class):
             trigger = f" ({rank.checkpoint_trigger})" if rank.checkpoint_trigger else ""
             print(f"{who}: checkpoint at step {step}{trigger} saved {path}", flush=True)
     path = os.path.join(args.checkpoint_dir, f"final_rank{rank.rank}.pt")
-    save_atomically(torch, path, checkpoint(args.steps, rank, model, optimizer))
+    state = checkpoint(args.steps, rank, model, optimizer)
+    write_atomically(path, lambda f: torch.save(state, f))
     print(f"{who}: finished {args.steps} steps, saved {path}", flush=True)
     return 0
 
@@ -132,7 +109,8 @@ def save_checkpoint(torch, args, step, rank, model, optimizer):
     """Saves <checkpoint-dir>/rank<R>/step_<step>.pt, confirms it to the coordinator, and returns
     the path."""
     path = os.path.join(args.checkpoint_dir, f"rank{rank.rank}", f"step_{step}.pt")
-    save_atomically(torch, path, checkpoint(step, rank, model, optimizer))
+    state = checkpoint(step, rank, model, optimizer)
+    write_atomically(path, lambda f: torch.save(state, f))
     rank.checkpointed(step, path)
     return path
 

@@ -185,15 +185,16 @@ class AllReduce:
                 sock.close()
 
 
-def write_atomically(path, text):
-    """Write, flush and fsync a temporary file in the same directory, rename it over `path`,
-    then fsync the directory: a crash leaves the old file or the new one, never a torn one."""
+def write_atomically(path, write):
+    """Call write(f) on a binary temporary file in the same directory, flush and fsync it, rename
+    it over `path`, then fsync the directory: a crash leaves the old file or the new one, never a
+    torn one. torch_ddp.py saves its checkpoints with it too."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(temporary, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -213,7 +214,8 @@ def write_atomically(path, text):
 def save(path, step, rank, weights, bias):
     state = {"step": step, "rank": rank.rank, "world_size": rank.world_size,
              "weights": [w.hex() for w in weights], "bias": bias.hex()}
-    write_atomically(path, json.dumps(state) + "\n")
+    text = json.dumps(state) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def delete_older_checkpoints(directory, committed):

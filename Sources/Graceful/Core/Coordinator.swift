@@ -546,7 +546,7 @@ public struct Coordinator: Sendable {
                     ranks[rank].teardown = .killed
                     actions.append(.signal(rank: rank, SignalNumber.kill))
                 } else {
-                    setTerminated(rank, killAt: killAt)
+                    considerKill(at: killAt)
                 }
             }
         }
@@ -616,6 +616,10 @@ public struct Coordinator: Sendable {
 
     private mutating func setTerminated(_ rank: Int, killAt: Instant) {
         ranks[rank].teardown = .terminated(killAt: killAt)
+        considerKill(at: killAt)
+    }
+
+    private mutating func considerKill(at killAt: Instant) {
         if earliestKillAt.map({ killAt < $0 }) ?? true { earliestKillAt = killAt }
     }
 

@@ -22,7 +22,6 @@ public final class Supervisor {
     private var logFDs: [Int32] = []
     /// The doorbell's word, mapped shared with every rank; nil when it could not be created.
     private var doorbell: UnsafeMutablePointer<UInt32>?
-    static let doorbellName = "doorbell"
     private var runID = ""
     private var runDirectory = ""
     private var executable = ""
@@ -149,7 +148,7 @@ public final class Supervisor {
             runID: runID, runDirectory: runDirectory, worldSize: rankCount,
             masterAddress: configuration.masterAddress, masterPort: port, resume: resume)
         environment.maxRestarts = configuration.policy.maxRestarts
-        let doorbellPath = runDirectory + "/" + Self.doorbellName
+        let doorbellPath = runDirectory + "/doorbell"
         if let page = graceful_doorbell_map(doorbellPath, 1) {
             doorbell = page
             environment.doorbellPath = doorbellPath
@@ -495,7 +494,7 @@ public final class Supervisor {
         console.report(Self.describe(code))
         for io in ranks { io.close(loop: loop) }
         logFDs.forEach(closeDescriptor)
-        if doorbell != nil { unlink(runDirectory + "/" + Self.doorbellName) }
+        if let path = environment.doorbellPath { unlink(path) }
         return stopGuard(code)
     }
 

@@ -28,8 +28,11 @@ import Testing
         return step
     }
 
-    func expectNoLeftovers(_ marker: String) {
-        #expect(processesAlive(containing: marker).isEmpty, "processes left behind")
+    /// No process names `directory` on its command line (grandchildren given it as a marker) or
+    /// runs in it (every rank does).
+    func expectNoLeftovers(_ directory: String) {
+        #expect(processesAlive(containing: directory).isEmpty, "processes left behind")
+        #expect(processes(workingIn: directory).isEmpty, "processes left behind")
     }
 
     @Test(arguments: Stop.allCases)
