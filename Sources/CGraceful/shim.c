@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -44,7 +45,7 @@ static ssize_t write_all(int fd, const void *buffer, size_t size) {
 }
 
 int graceful_spawn(const char *path, char *const argv[], char *const envp[],
-                   const int *sources, int count, int pdeathsig, pid_t *pid_out) {
+                   const int *sources, int count, int pdeathsig, long nofile_soft, pid_t *pid_out) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return errno;
     if (report[1] < count) {
@@ -83,6 +84,13 @@ int graceful_spawn(const char *path, char *const argv[], char *const envp[],
             prctl(PR_SET_PDEATHSIG, pdeathsig);
             // The coordinator may have died before prctl took effect.
             if (getppid() != parent) raise(pdeathsig);
+        }
+        if (nofile_soft >= 0) {
+            struct rlimit limit;
+            if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && (rlim_t)nofile_soft < limit.rlim_cur) {
+                limit.rlim_cur = (rlim_t)nofile_soft;
+                setrlimit(RLIMIT_NOFILE, &limit);
+            }
         }
         // Move every source above the target range first, so mapping one cannot clobber another.
         int moved[count > 0 ? count : 1];
@@ -166,6 +174,14 @@ int graceful_signal_ignore(int sig) {
     return sigaction(sig, &action, NULL) == 0 ? 0 : errno;
 }
 
+int graceful_signal_default(int sig) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = SIG_DFL;
+    sigemptyset(&action.sa_mask);
+    return sigaction(sig, &action, NULL) == 0 ? 0 : errno;
+}
+
 int graceful_signal_is_ignored(int sig) {
     struct sigaction current;
     if (sigaction(sig, NULL, &current) != 0) return 0;
@@ -182,11 +198,104 @@ int graceful_reap_any(int *status) {
     return result;
 }
 
-#define GUARD_MAX_GROUPS 65536
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
 
-pid_t graceful_start_guard(int *write_fd) {
+int graceful_pidfd_open(pid_t pid) {
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
+int graceful_pidfd_signal(int pidfd, int sig) {
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) == 0 ? 0 : errno;
+}
+
+/// The guard's messages: one byte, with a pidfd attached to a watch.
+enum { GUARD_WATCH = 'W', GUARD_RELEASE = 'R' };
+
+/// Closes the pidfds of processes that are gone (reaped), keeping the live ones at the front.
+static int guard_prune(int *fds, int count) {
+    int kept = 0;
+    for (int i = 0; i < count; i++) {
+        if (graceful_pidfd_signal(fds[i], 0) == ESRCH) {
+            close(fds[i]);
+        } else {
+            fds[kept++] = fds[i];
+        }
+    }
+    return kept;
+}
+
+static void guard_main(int input, int keep_fd, int max_fd) {
+    // Async-signal-safe calls only (the coordinator may have threads).
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP && sig != SIGCHLD) sigaction(sig, &ignore, NULL);
+    }
+    setsid();
+    // Keep exactly the socket (as 3) and `keep_fd` (as 4); moved above both targets first.
+    int moved_input = fcntl(input, F_DUPFD, 10);
+    int moved_keep = keep_fd >= 0 ? fcntl(keep_fd, F_DUPFD, 10) : -1;
+    if (moved_input < 0) _exit(1);
+    dup2(moved_input, 3);
+    input = 3;
+    if (moved_keep >= 0) dup2(moved_keep, 4);
+    close_from(0, 2, max_fd);
+    close_from(moved_keep >= 0 ? 5 : 4, ~0U >> 1, max_fd);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    // Bounded by the descriptors the guard may hold; the dead are pruned when it fills up.
+    struct rlimit limit;
+    long capacity = getrlimit(RLIMIT_NOFILE, &limit) == 0 ? (long)limit.rlim_cur - 16 : 1000;
+    if (capacity > 1 << 20) capacity = 1 << 20;
+    if (capacity < 16) capacity = 16;
+    int *fds = mmap(NULL, (size_t)capacity * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (fds == MAP_FAILED) _exit(1);
+    int count = 0;
+    for (;;) {
+        char byte = 0;
+        char control[CMSG_SPACE(sizeof(int))];
+        struct iovec vector = {.iov_base = &byte, .iov_len = 1};
+        struct msghdr message;
+        memset(&message, 0, sizeof message);
+        message.msg_iov = &vector;
+        message.msg_iovlen = 1;
+        message.msg_control = control;
+        message.msg_controllen = sizeof control;
+        ssize_t got;
+        do { got = recvmsg(input, &message, MSG_CMSG_CLOEXEC); } while (got < 0 && errno == EINTR);
+        if (got <= 0) break;
+        int received = -1;
+        for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+            if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
+                memcpy(&received, CMSG_DATA(header), sizeof received);
+            }
+        }
+        if (byte == GUARD_RELEASE) _exit(0);
+        if (received < 0) continue;
+        if (count == capacity) count = guard_prune(fds, count);
+        if (count < capacity) {
+            fds[count++] = received;
+        } else {
+            close(received);
+        }
+    }
+    for (int i = 0; i < count; i++) graceful_pidfd_signal(fds[i], SIGKILL);
+    _exit(0);
+}
+
+pid_t graceful_start_guard(int keep_fd, int *socket_fd) {
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) return -1;
     long open_max = sysconf(_SC_OPEN_MAX);
     int max_fd = open_max > 0 && open_max < 1048576 ? (int)open_max : 1048576;
     sigset_t all, previous;
@@ -194,57 +303,62 @@ pid_t graceful_start_guard(int *write_fd) {
     pthread_sigmask(SIG_SETMASK, &all, &previous);
     pid_t pid = fork();
     if (pid == 0) {
-        // The guard: async-signal-safe calls only (the coordinator may have threads).
-        struct sigaction ignore;
-        memset(&ignore, 0, sizeof ignore);
-        ignore.sa_handler = SIG_IGN;
-        sigemptyset(&ignore.sa_mask);
-        for (int sig = 1; sig < NSIG; sig++) {
-            if (sig != SIGKILL && sig != SIGSTOP && sig != SIGCHLD) sigaction(sig, &ignore, NULL);
-        }
-        setsid();
-        int input = fds[0];
-        if (input != 3) {
-            dup2(input, 3);
-            input = 3;
-        }
-        close_from(0, 2, max_fd);
-        close_from(4, ~0U >> 1, max_fd);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        static int32_t groups[GUARD_MAX_GROUPS];
-        int count = 0;
-        for (;;) {
-            int32_t value;
-            ssize_t got;
-            do { got = read(input, &value, sizeof value); } while (got < 0 && errno == EINTR);
-            if (got != (ssize_t)sizeof value) break;
-            if (value == 0) _exit(0);
-            if (value > 0) {
-                if (count < GUARD_MAX_GROUPS) groups[count++] = value;
-            } else {
-                for (int i = 0; i < count; i++) {
-                    if (groups[i] == -value) {
-                        groups[i] = groups[--count];
-                        break;
-                    }
-                }
-            }
-        }
-        for (int i = 0; i < count; i++) kill(-groups[i], SIGKILL);
-        _exit(0);
+        close(fds[0]);
+        guard_main(fds[1], keep_fd, max_fd);
     }
     int fork_error = errno;
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    close(fds[0]);
+    close(fds[1]);
     if (pid < 0) {
-        close(fds[1]);
+        close(fds[0]);
         errno = fork_error;
         return -1;
     }
-    *write_fd = fds[1];
+    int error = graceful_set_nonblocking(fds[0]);
+    if (error != 0) {
+        close(fds[0]);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        errno = error;
+        return -1;
+    }
+    *socket_fd = fds[0];
     return pid;
+}
+
+static int guard_send(int socket_fd, char byte, int pidfd) {
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec vector = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    if (pidfd >= 0) {
+        message.msg_control = control;
+        message.msg_controllen = sizeof control;
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(header), &pidfd, sizeof pidfd);
+    }
+    ssize_t sent;
+    do { sent = sendmsg(socket_fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+    return sent == 1 ? 0 : errno;
+}
+
+int graceful_guard_watch(int socket_fd, int pidfd) { return guard_send(socket_fd, GUARD_WATCH, pidfd); }
+
+int graceful_guard_release(int socket_fd) {
+    // The guard reads in order: after a watch backlog, the release still arrives; wait for room.
+    for (int tries = 0; tries < 200; tries++) {
+        int error = guard_send(socket_fd, GUARD_RELEASE, -1);
+        if (error != EAGAIN) return error;
+        struct pollfd wait = {.fd = socket_fd, .events = POLLOUT};
+        poll(&wait, 1, 10);
+    }
+    return EAGAIN;
 }
 
 void graceful_unblock_signals(void) {
@@ -265,9 +379,11 @@ void graceful_ensure_stdio(void) {
     }
 }
 
-long graceful_raise_nofile_limit(void) {
+long graceful_raise_nofile_limit(long *previous_soft) {
     struct rlimit limit;
+    *previous_soft = -1;
     if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+    *previous_soft = limit.rlim_cur == RLIM_INFINITY ? -1 : (long)limit.rlim_cur;
     if (limit.rlim_cur < limit.rlim_max) {
         limit.rlim_cur = limit.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &limit) != 0) getrlimit(RLIMIT_NOFILE, &limit);
@@ -344,33 +460,46 @@ int graceful_rank_catch_stop_signals(void) {
 
 int graceful_rank_caught_signal(void) { return rank_caught_signal; }
 
-uint32_t *graceful_doorbell_map(const char *path, int writable) {
-    // A new file each time: a process still mapping an older one keeps its page (a truncated file
-    // would fault it with SIGBUS).
-    if (writable && unlink(path) != 0 && errno != ENOENT) return NULL;
-    int fd = writable ? open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)
-                      : open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return NULL;
-    if (writable && ftruncate(fd, GRACEFUL_DOORBELL_SIZE) != 0) {
-        int saved = errno;
+int graceful_doorbell_create(uint32_t **page) {
+    int fd = memfd_create("graceful-doorbell", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -1;
+    int error = 0;
+    // Allocated now: a page first touched later could fault (SIGBUS) when memory is short.
+    if (ftruncate(fd, GRACEFUL_DOORBELL_SIZE) != 0 || (error = posix_fallocate(fd, 0, GRACEFUL_DOORBELL_SIZE)) != 0) {
+        if (error == 0) error = errno;
         close(fd);
-        errno = saved;
-        return NULL;
+        errno = error;
+        return -1;
     }
-    struct stat info;
-    if (!writable && (fstat(fd, &info) != 0 || info.st_size < GRACEFUL_DOORBELL_SIZE)) {
+    void *mapped = mmap(NULL, GRACEFUL_DOORBELL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (mapped == MAP_FAILED) {
+        error = errno;
         close(fd);
+        errno = error;
+        return -1;
+    }
+    // FUTURE_WRITE leaves this mapping writable and makes every other one read-only (Linux 5.1).
+    int seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    if (fcntl(fd, F_ADD_SEALS, seals | F_SEAL_FUTURE_WRITE) != 0 && fcntl(fd, F_ADD_SEALS, seals) != 0) {
+        error = errno;
+        munmap(mapped, GRACEFUL_DOORBELL_SIZE);
+        close(fd);
+        errno = error;
+        return -1;
+    }
+    *page = mapped;
+    return fd;
+}
+
+uint32_t *graceful_doorbell_map_fd(int fd) {
+    struct stat info;
+    if (fstat(fd, &info) != 0) return NULL;
+    if (info.st_size < GRACEFUL_DOORBELL_SIZE) {
         errno = EINVAL;
         return NULL;
     }
-    void *page = mmap(NULL, GRACEFUL_DOORBELL_SIZE, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
-    int saved = errno;
-    close(fd);
-    if (page == MAP_FAILED) {
-        errno = saved;
-        return NULL;
-    }
-    return page;
+    void *page = mmap(NULL, GRACEFUL_DOORBELL_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    return page == MAP_FAILED ? NULL : page;
 }
 
 void graceful_doorbell_ring(uint32_t *word, uint32_t id) {

@@ -86,7 +86,7 @@ public final class Rank: Sendable {
         resumePath = environment["GRACEFUL_RESUME_PATH"]
         let channelFD = environment["GRACEFUL_CHANNEL_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 ? $0 : nil }
         // Only a rank with a working channel gets the messages a ring announces.
-        if channelFD != nil, let path = environment["GRACEFUL_DOORBELL"], let page = graceful_doorbell_map(path, 0) {
+        if channelFD != nil, let path = environment["GRACEFUL_DOORBELL"], let fd = Int32(path), let page = graceful_doorbell_map_fd(fd) {
             doorbell = UnsafePointer(page)
         } else {
             let silent = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)

@@ -4,20 +4,24 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#pragma clang assume_nonnull begin
+
 /// Starts `path` in a new process whose descriptors 0..<count are `sources[0..<count]` and nothing else.
 ///
 /// In the child, before exec: every signal disposition is reset to the default, the signal mask is
 /// emptied, the child becomes the leader of a new process group, `pdeathsig` (when non-zero) is
-/// delivered to it if the spawning thread dies, and every descriptor from `count` up is closed.
-/// Returns 0 and stores the pid, or an errno value (from fork, or from exec in the child, in which
-/// case the child has already been reaped).
-int graceful_spawn(const char *path, char *const argv[], char *const envp[],
-                   const int *sources, int count, int pdeathsig, pid_t *pid_out);
+/// delivered to it if the spawning thread dies, the soft limit of open files is set back to
+/// `nofile_soft` (when >= 0: the coordinator raised its own), and every descriptor from `count` up is
+/// closed. Returns 0 and stores the pid, or an errno value (from fork, or from exec in the child, in
+/// which case the child has already been reaped).
+int graceful_spawn(const char *path, char *_Nullable const argv[_Nonnull],
+                   char *_Nullable const envp[_Nonnull], const int *sources, int count, int pdeathsig,
+                   long nofile_soft, pid_t *pid_out);
 
 /// A pipe whose two ends are close-on-exec; the read end is also non-blocking. Returns 0 or errno.
-int graceful_pipe(int fds[2]);
+int graceful_pipe(int fds[_Nonnull 2]);
 /// A connected AF_UNIX stream socket pair, both close-on-exec, fds[0] non-blocking. Returns 0 or errno.
-int graceful_channel_pair(int fds[2]);
+int graceful_channel_pair(int fds[_Nonnull 2]);
 /// Makes `fd` non-blocking. Returns 0 or errno.
 int graceful_set_nonblocking(int fd);
 
@@ -26,6 +30,8 @@ int graceful_set_nonblocking(int fd);
 int graceful_signal_catch(int write_fd, int sig);
 /// Sets `sig` to SIG_IGN. Returns 0 or errno.
 int graceful_signal_ignore(int sig);
+/// Sets `sig` to SIG_DFL. Returns 0 or errno.
+int graceful_signal_default(int sig);
 /// 1 when `sig` is currently ignored (SIG_IGN), else 0.
 int graceful_signal_is_ignored(int sig);
 
@@ -37,20 +43,33 @@ int graceful_become_subreaper(void);
 /// errno ECHILD when there is no child at all.
 int graceful_reap_any(int *status);
 
+/// A pidfd for `pid` (pidfd_open, close-on-exec), or -1 with errno. It never refers to a recycled pid.
+int graceful_pidfd_open(pid_t pid);
+/// pidfd_send_signal: 0, or an errno value (ESRCH once the process has been reaped).
+int graceful_pidfd_signal(int pidfd, int sig);
+
 /// Starts the guard: a forked process, in a session of its own and ignoring every catchable signal,
-/// that reads 32-bit process-group ids from a pipe (positive: watch, negative: forget, zero: the
-/// coordinator is done, exit quietly). When the pipe reaches end of file without a zero, the
-/// coordinator has died (even by SIGKILL): the guard sends SIGKILL to every group it watches and
-/// exits. Stores the pipe's write end (close-on-exec). Returns the guard's pid, or -1 with errno.
-pid_t graceful_start_guard(int *write_fd);
+/// that receives pidfds over a datagram socket (`graceful_guard_watch`). When the socket reaches end
+/// of file without `graceful_guard_release`, the coordinator has died (even by SIGKILL): the guard
+/// sends SIGKILL through every pidfd it holds and exits. A pidfd never reaches a recycled pid, so the
+/// guard cannot hit a process that is not the job's. `keep_fd` (when >= 0, e.g. the run directory's
+/// lock) stays open in the guard until it exits. Stores the coordinator's end of the socket
+/// (close-on-exec, non-blocking). Returns the guard's pid, or -1 with errno.
+pid_t graceful_start_guard(int keep_fd, int *socket_fd);
+/// Hands the guard a duplicate of `pidfd` to kill if the coordinator dies. Never blocks: returns 0, or
+/// an errno value (EAGAIN when a stopped guard lets its socket fill up).
+int graceful_guard_watch(int socket_fd, int pidfd);
+/// Tells the guard the coordinator ends on purpose: it exits without killing anything.
+int graceful_guard_release(int socket_fd);
 
 /// Empties the calling thread's signal mask: a parent may have started the coordinator with stop
 /// signals blocked (Foundation.Process from a worker thread does), which would silently defeat them.
 void graceful_unblock_signals(void);
 /// Opens /dev/null on any of descriptors 0, 1, 2 that is closed, so no later descriptor lands there.
 void graceful_ensure_stdio(void);
-/// Raises the soft limit of open files to the hard limit; returns the new soft limit.
-long graceful_raise_nofile_limit(void);
+/// Raises the soft limit of open files to the hard limit; returns the new soft limit and stores the
+/// previous one (for the ranks, which get the limit the coordinator was started with).
+long graceful_raise_nofile_limit(long *previous_soft);
 /// A TCP port that was free a moment ago (bound to port 0 on all interfaces, then released), or -1.
 int graceful_free_tcp_port(void);
 
@@ -81,12 +100,15 @@ int graceful_rank_catch_stop_signals(void);
 /// The last stop signal caught by the handlers above, or 0.
 int graceful_rank_caught_signal(void);
 
-/// The doorbell: a page of a file every rank maps, whose first 32-bit word is the id of the latest
-/// request (stop or checkpoint) the coordinator sent (docs/PROTOCOL.md, "The doorbell").
+/// The doorbell: a page of shared memory every rank maps, whose first 32-bit word is the id of the
+/// latest request (stop or checkpoint) the coordinator sent (docs/PROTOCOL.md, "The doorbell").
 enum { GRACEFUL_DOORBELL_SIZE = 4096 };
-/// Maps the doorbell file at `path`, read-write with `writable` (replacing any file there with a new,
-/// zeroed one), else read-only. Returns the page, or NULL with errno. The descriptor is closed before returning.
-uint32_t *graceful_doorbell_map(const char *path, int writable);
+/// Creates the doorbell: a memfd of one page, allocated up front (no SIGBUS on a later touch), mapped
+/// read-write here, then sealed so that nobody can shrink or grow it and nobody else can write it.
+/// Stores the page; returns the descriptor (close-on-exec) for the ranks to inherit, or -1 with errno.
+int graceful_doorbell_create(uint32_t *_Nullable *_Nonnull page);
+/// Maps an inherited doorbell descriptor read-only; NULL with errno when it is not one page or more.
+uint32_t *_Nullable graceful_doorbell_map_fd(int fd);
 /// Stores `id` in the word, then wakes every thread waiting on it with FUTEX_WAIT.
 void graceful_doorbell_ring(uint32_t *word, uint32_t id);
 /// Blocks until the word differs from `seen` (FUTEX_WAIT, so it costs nothing while it waits).
@@ -95,5 +117,7 @@ void graceful_doorbell_wait(const uint32_t *word, uint32_t seen);
 static inline uint32_t graceful_doorbell_load(const uint32_t *word) {
     return __atomic_load_n(word, __ATOMIC_ACQUIRE);
 }
+
+#pragma clang assume_nonnull end
 
 #endif

@@ -31,7 +31,7 @@ final class EventLoop {
     /// Waits until something is ready or `timeoutMilliseconds` pass (-1: no limit).
     func wait(timeoutMilliseconds: Int32) throws -> [Event] {
         let count: Int32 = buffer.withUnsafeMutableBufferPointer { events in
-            graceful_epoll_wait(epoll, events.baseAddress, Int32(events.count), timeoutMilliseconds)
+            graceful_epoll_wait(epoll, events.baseAddress!, Int32(events.count), timeoutMilliseconds)
         }
         if count < 0 { throw SystemError("epoll_wait") }
         return (0..<Int(count)).map { index in

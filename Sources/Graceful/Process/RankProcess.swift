@@ -4,33 +4,46 @@ import Glibc
 /// One rank's process and the coordinator's ends of its pipes and channel.
 ///
 /// The child starts with default signal dispositions, an empty signal mask, its own process group,
-/// SIGKILL as its parent-death signal, stdin on /dev/null, stdout and stderr on pipes, the channel on
-/// descriptor 3 and no other descriptor.
+/// SIGKILL as its parent-death signal, the open-files limit the coordinator was started with, stdin on
+/// /dev/null, stdout and stderr on pipes, the channel on descriptor 3, the doorbell on 4 (when there
+/// is one) and no other descriptor.
 final class RankProcess {
     let rank: Int
     let pid: pid_t
+    /// A pidfd of the rank, the only way it is signalled, so never a process that reused its pid;
+    /// -1 once closed.
+    private(set) var pidfd: Int32
     /// The coordinator's end of the channel (non-blocking), -1 once closed.
     var channelFD: Int32
     /// The read ends of the rank's stdout and stderr (non-blocking), -1 once closed.
     var outputFDs: [Int32]
 
-    private init(rank: Int, pid: pid_t, channelFD: Int32, outputFDs: [Int32]) {
+    private init(rank: Int, pid: pid_t, pidfd: Int32, channelFD: Int32, outputFDs: [Int32]) {
         self.rank = rank
         self.pid = pid
+        self.pidfd = pidfd
         self.channelFD = channelFD
         self.outputFDs = outputFDs
     }
 
+    /// Why a rank could not be started.
+    enum SpawnError: Error {
+        /// exec refused the program: a bad interpreter, not a known binary format, no permission.
+        case notExecutable(SystemError)
+        case system(SystemError)
+    }
+
     static func spawn(
-        rank: Int, executable: String, arguments: [String], environment: [(String, String)]
-    ) throws(SystemError) -> RankProcess {
+        rank: Int, executable: String, arguments: [String], environment: [(String, String)],
+        doorbellFD: Int32?, openFilesLimit: Int
+    ) throws(SpawnError) -> RankProcess {
         var channel: [Int32] = [-1, -1]
         var stdoutPipe: [Int32] = [-1, -1]
         var stderrPipe: [Int32] = [-1, -1]
         var opened: [Int32] = []
-        func fail(_ error: SystemError) -> SystemError {
+        func fail(_ error: SystemError) -> SpawnError {
             opened.forEach(closeDescriptor)
-            return error
+            return .system(error)
         }
         var error = graceful_channel_pair(&channel)
         if error != 0 { throw fail(SystemError("socketpair", errno: error)) }
@@ -51,26 +64,46 @@ final class RankProcess {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        let sources: [Int32] = [devNull, stdoutPipe[1], stderrPipe[1], channel[1]]
+        var sources: [Int32] = [devNull, stdoutPipe[1], stderrPipe[1], channel[1]]
         precondition(sources.count - 1 == Int(RankEnvironment.channelDescriptor))
+        if let doorbellFD {
+            sources.append(doorbellFD)
+            precondition(sources.count - 1 == Int(RankEnvironment.doorbellDescriptor))
+        }
         var pid: pid_t = 0
-        error = graceful_spawn(executable, argv, envp, sources, Int32(sources.count), SIGKILL, &pid)
+        error = graceful_spawn(executable, argv, envp, sources, Int32(sources.count), SIGKILL, openFilesLimit, &pid)
         // The child's ends belong to the child now (or to nobody, on failure).
         [devNull, stdoutPipe[1], stderrPipe[1], channel[1]].forEach(closeDescriptor)
         opened = [channel[0], stdoutPipe[0], stderrPipe[0]]
-        if error != 0 { throw fail(SystemError("exec \(executable)", errno: error)) }
-        return RankProcess(rank: rank, pid: pid, channelFD: channel[0], outputFDs: [stdoutPipe[0], stderrPipe[0]])
+        switch error {
+        case 0: break
+        // ENOENT here is a missing interpreter: the program itself was found before the launch.
+        case ENOEXEC, EACCES, ENOENT, ELIBBAD, ETXTBSY, EISDIR:
+            opened.forEach(closeDescriptor)
+            throw .notExecutable(SystemError("exec \(executable)", errno: error))
+        default:
+            throw fail(SystemError("exec \(executable)", errno: error))
+        }
+        // An unreaped child's pid cannot be reused, and only the coordinator reaps it: this is the rank.
+        let pidfd = graceful_pidfd_open(pid)
+        if pidfd < 0 {
+            let failure = SystemError("pidfd_open (Linux 5.3 or later is needed)")
+            _ = kill(pid, SIGKILL)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            throw fail(failure)
+        }
+        return RankProcess(rank: rank, pid: pid, pidfd: pidfd, channelFD: channel[0], outputFDs: [stdoutPipe[0], stderrPipe[0]])
     }
 
-    /// Sends `signal` to the rank's whole process group (its grandchildren included). A group that no
-    /// longer exists is not an error.
-    func signalGroup(_ signal: Int32) {
-        _ = kill(-pid, signal)
+    /// Sends `signal` to the rank process itself; once it is reaped, to nothing.
+    func signal(_ signal: Int32) {
+        if pidfd >= 0 { _ = graceful_pidfd_signal(pidfd, signal) }
     }
 
-    /// Whether any process is left in the rank's group.
-    var groupExists: Bool {
-        kill(-pid, 0) == 0 || errno == EPERM
+    func closePidfd() {
+        closeDescriptor(pidfd)
+        pidfd = -1
     }
 
     /// Writes one message line; false when the rank is gone.

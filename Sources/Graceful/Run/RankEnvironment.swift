@@ -10,11 +10,12 @@ public struct RankEnvironment: Sendable {
     public var maxRestarts = 0
     /// The committed record to resume from, if any.
     public var resume: CommitRecord?
-    /// The doorbell file the ranks map (docs/PROTOCOL.md), when the coordinator has one.
-    public var doorbellPath: String?
+    /// Whether the ranks inherit the doorbell (docs/PROTOCOL.md) as `doorbellDescriptor`.
+    public var hasDoorbell = false
 
-    /// The descriptor number the channel has inside every rank.
+    /// The descriptor numbers the channel and the doorbell have inside every rank.
     public static let channelDescriptor: Int32 = 3
+    public static let doorbellDescriptor: Int32 = 4
 
     public init(runID: String, runDirectory: String, worldSize: Int, masterAddress: String, masterPort: Int, resume: CommitRecord?) {
         self.runID = runID
@@ -55,7 +56,7 @@ public struct RankEnvironment: Sendable {
             ("GRACEFUL_RUN_DIR", runDirectory),
             ("GRACEFUL_RESTART_COUNT", String(restartCount)),
         ]
-        if let doorbellPath { own.append(("GRACEFUL_DOORBELL", doorbellPath)) }
+        if hasDoorbell { own.append(("GRACEFUL_DOORBELL_FD", String(Self.doorbellDescriptor))) }
         if let resume {
             own.append(("GRACEFUL_RESUME_STEP", String(resume.step)))
             if rank < resume.paths.count, let path = resume.paths[rank] {
@@ -63,8 +64,11 @@ public struct RankEnvironment: Sendable {
             }
         }
         let ownKeys = Set(own.map(\.0))
-        // A resume variable left in the coordinator's environment must not leak into a fresh run.
-        let dropped: Set<String> = ["GRACEFUL_RESUME_STEP", "GRACEFUL_RESUME_PATH"]
+        // The protocol's variables in the coordinator's own environment (a graceful run inside a rank,
+        // a shell that exported them) describe another run: none may leak into this one's ranks.
+        let dropped: Set<String> = [
+            "GRACEFUL_RESUME_STEP", "GRACEFUL_RESUME_PATH", "GRACEFUL_DOORBELL", "GRACEFUL_DOORBELL_FD", "GRACEFUL_CHANNEL_FD",
+        ]
         var result = inherited.filter { !ownKeys.contains($0.0) && !dropped.contains($0.0) }
         let inheritedKeys = Set(result.map(\.0))
         // torchrun's defaults: one OpenMP thread per rank when several share the machine.

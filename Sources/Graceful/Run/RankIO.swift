@@ -1,7 +1,6 @@
 import GracefulProtocol
 
-/// One rank's process with what is read from it: channel messages, and output lines that go to its
-/// log, its tail (for the failure report) and the console.
+/// One rank's process, its channel messages, and the relay of its output.
 final class RankIO {
     enum ChannelLine {
         case message(RankMessage)
@@ -9,36 +8,57 @@ final class RankIO {
         case invalid(String)
     }
 
+    /// At most this much is read from a channel in one go once its rank ended (a grandchild that
+    /// inherited a plain rank's channel could otherwise keep the reading going forever).
+    static let maximumDrain = 1 << 20
+
     let process: RankProcess
-    private let log: Int32
+    let relay: OutputRelay
     private var channelSplitter = LineSplitter(maximumLength: maximumMessageLength)
     /// True while the rest of an overlong channel line is being skipped.
     private var discardingChannelLine = false
     private var reportedInvalid = false
-    private var outputSplitters = [
-        LineSplitter(maximumLength: Supervisor.maximumOutputLine), LineSplitter(maximumLength: Supervisor.maximumOutputLine),
-    ]
-    private(set) var tail: [String] = []
 
     init(process: RankProcess, log: Int32) {
         self.process = process
-        self.log = log
+        relay = OutputRelay(rank: process.rank, log: log)
     }
 
-    /// The messages available on the channel now. At end of file the channel is closed.
+    /// The messages in one bounded read of the channel. At end of file the channel is closed.
     func readChannel(loop: EventLoop) -> [ChannelLine] {
+        guard process.channelFD >= 0 else { return [] }
         var lines: [ChannelLine] = []
-        for (line, truncated) in read(process.channelFD, loop: loop, splitter: &channelSplitter, onEnd: { process.channelFD = -1 }) {
-            if truncated || discardingChannelLine {
-                if !discardingChannelLine { invalid("a line longer than \(maximumMessageLength) bytes", into: &lines) }
-                discardingChannelLine = truncated
-                continue
+        withUnsafeTemporaryAllocation(byteCount: OutputRelay.readSize, alignment: 1) { buffer in
+            guard let count = readAvailable(process.channelFD, into: buffer) else { return }
+            if count == 0 {
+                loop.unregister(process.channelFD)
+                closeDescriptor(process.channelFD)
+                process.channelFD = -1
+                return
             }
-            do {
-                lines.append(.message(try RankMessage(line: line)))
-            } catch {
-                invalid("\(error)", into: &lines)
+            for (line, truncated) in channelSplitter.append(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) {
+                if truncated || discardingChannelLine {
+                    if !discardingChannelLine { invalid("a line longer than \(maximumMessageLength) bytes", into: &lines) }
+                    discardingChannelLine = truncated
+                    continue
+                }
+                do {
+                    lines.append(.message(try RankMessage(line: line)))
+                } catch {
+                    invalid("\(error)", into: &lines)
+                }
             }
+        }
+        return lines
+    }
+
+    /// Everything the rank wrote on its channel before it ended, up to `maximumDrain` bytes.
+    func drainChannel(loop: EventLoop) -> [ChannelLine] {
+        var lines: [ChannelLine] = []
+        for _ in 0..<(Self.maximumDrain / OutputRelay.readSize) where process.channelFD >= 0 {
+            let batch = readChannel(loop: loop)
+            if batch.isEmpty { break }
+            lines += batch
         }
         return lines
     }
@@ -49,56 +69,30 @@ final class RankIO {
         lines.append(.invalid(problem))
     }
 
-    /// The output lines available on `stream` (0: stdout, 1: stderr) now, already logged.
-    func readOutput(stream: Int, loop: EventLoop?) -> [String] {
-        var lines = read(process.outputFDs[stream], loop: loop, splitter: &outputSplitters[stream], onEnd: {
+    /// One bounded read of output stream `stream` (0: stdout, 1: stderr), relayed; at end of file the
+    /// descriptor is closed and the last partial line relayed.
+    func readOutput(stream: Int, loop: EventLoop, console: Console) {
+        let fd = process.outputFDs[stream]
+        guard fd >= 0 else { return }
+        if relay.relay(fd, stream: stream, console: console) == .endOfFile {
+            loop.unregister(fd)
+            closeDescriptor(fd)
             process.outputFDs[stream] = -1
-        }).map { record($0.line) }
-        if process.outputFDs[stream] < 0, let rest = outputSplitters[stream].finish() { lines.append(record(rest)) }
-        return lines
-    }
-
-    /// What is left on `stream` once the rank ended, without waiting for an end of file that a
-    /// grandchild holding the pipe may never send; a partial last line is kept.
-    func drainOutput(stream: Int) -> [String] {
-        guard process.outputFDs[stream] >= 0 else { return [] }
-        var lines = readOutput(stream: stream, loop: nil)
-        if let rest = outputSplitters[stream].finish() { lines.append(record(rest)) }
-        return lines
-    }
-
-    private func record(_ bytes: [UInt8]) -> String {
-        let text = String(decoding: bytes, as: UTF8.self)
-        writeAll(log, text + "\n")
-        tail.append(text)
-        if tail.count > Supervisor.tailLength { tail.removeFirst() }
-        return text
-    }
-
-    /// Reads everything available from a non-blocking descriptor, cut into lines; at end of file it
-    /// unregisters and closes the descriptor and calls `onEnd`.
-    private func read(
-        _ fd: Int32, loop: EventLoop?, splitter: inout LineSplitter, onEnd: () -> Void
-    ) -> [(line: [UInt8], truncated: Bool)] {
-        guard fd >= 0 else { return [] }
-        var lines: [(line: [UInt8], truncated: Bool)] = []
-        // On the stack and not zero-filled: this runs once per readable event of every rank.
-        withUnsafeTemporaryAllocation(byteCount: Self.readSize, alignment: 1) { buffer in
-            while true {
-                guard let count = readAvailable(fd, into: buffer) else { return }
-                if count == 0 {
-                    loop?.unregister(fd)
-                    closeDescriptor(fd)
-                    onEnd()
-                    return
-                }
-                lines += splitter.append(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-            }
+            relay.finish(stream: stream, console: console)
         }
-        return lines
     }
 
-    private static let readSize = 65536
+    /// What is left in the output pipes once every process of the job is gone, bounded, without
+    /// waiting for an end of file; a partial last line is kept.
+    func drainOutput(loop: EventLoop, console: Console) {
+        for stream in 0..<2 {
+            for _ in 0..<(Self.maximumDrain / OutputRelay.readSize) {
+                let fd = process.outputFDs[stream]
+                guard fd >= 0, relay.relay(fd, stream: stream, console: console) == .read else { break }
+            }
+            relay.finish(stream: stream, console: console)
+        }
+    }
 
     /// Closes every descriptor still open (an attempt is over).
     func close(loop: EventLoop) {
@@ -108,5 +102,6 @@ final class RankIO {
         }
         process.channelFD = -1
         process.outputFDs = [-1, -1]
+        process.closePidfd()
     }
 }

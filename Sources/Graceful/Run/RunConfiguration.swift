@@ -31,6 +31,8 @@ public enum ExitCode {
     public static let dataError: Int32 = 65
     /// The coordinator could not set up its own machinery (EX_OSERR).
     public static let systemError: Int32 = 71
+    /// Another run holds the run directory (EX_UNAVAILABLE): nothing was touched.
+    public static let runDirectoryBusy: Int32 = 69
     /// The run directory or a log file cannot be created or written (EX_CANTCREAT).
     public static let cannotCreate: Int32 = 73
     /// The control file already requests an exit: nothing was launched (EX_TEMPFAIL).

@@ -2,16 +2,24 @@ import CGraceful
 import Glibc
 import GracefulProtocol
 
-/// Runs one `graceful run`: launches the ranks, then one event loop (epoll over every pipe, channel,
-/// the signal self-pipe and inotify; a timeout for the next deadline) that feeds what happens into the
-/// `Coordinator` and carries out what it decides.
+/// Runs one `graceful run`: checks, launches the ranks, then one event loop (epoll over every pipe,
+/// channel, the signal self-pipe and inotify; a timeout for the next deadline) that feeds what
+/// happens into the `Coordinator` and carries out what it decides.
+///
+/// The loop never blocks and is never starved: every read is bounded per wakeup, every write it makes
+/// is non-blocking (console, channels, the guard) or to a regular file (logs, the record), so a
+/// signal, a deadline or a rank's exit is acted on at the next turn whatever the ranks print or the
+/// terminal does. Processes are signalled only through pidfds of processes proven to descend from
+/// the coordinator (`Descendants`), never by a process-group id that may have been recycled.
 public final class Supervisor {
-    /// Lines of each rank's output kept for the failure report.
-    static let tailLength = 20
-    /// Console lines longer than this are cut into pieces.
-    static let maximumOutputLine = 64 * 1024
-    /// Seconds between two checks that a failed gang is gone.
+    /// Seconds between two checks that a failed gang is gone, and between two sweeps at the end.
     static let gangCheckInterval = 0.05
+    /// Seconds between two hand-overs of newly seen descendants to the guard.
+    static let guardRefreshInterval = 5.0
+    /// Milliseconds between two attempts to write to a console that did not keep up.
+    static let consoleRetryMilliseconds: Int64 = 20
+    /// How many sweeps of what the ranks left behind are made before giving up (about 5 s).
+    static let finalSweeps = 100
 
     private let configuration: RunConfiguration
     private let console = Console()
@@ -20,19 +28,18 @@ public final class Supervisor {
     /// The rank of each process of the current attempt, so reaping is not a scan of every rank.
     private var rankByPID: [pid_t: Int] = [:]
     private var logFDs: [Int32] = []
-    /// The doorbell's word, mapped shared with every rank; nil when it could not be created.
-    private var doorbell: UnsafeMutablePointer<UInt32>?
+    private var doorbell: (page: UnsafeMutablePointer<UInt32>, fd: Int32)?
+    private var preflight: Preflight!
     private var runID = ""
-    private var runDirectory = ""
-    private var executable = ""
     private var environment: RankEnvironment!
     private var inherited: [(String, String)] = []
     private var exitCode: Int32?
-    private var stopTrigger: Trigger?
     private var awaitingGangExit = false
-    private var guardPID: pid_t = -1
-    private var guardFD: Int32 = -1
+    private var processGuard: ProcessGuard!
     private var loop: EventLoop!
+    private var signals: SignalPipe!
+    private var watcher: ControlFileWatcher!
+    private var reportedLostLogs: Set<Int> = []
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
@@ -43,152 +50,98 @@ public final class Supervisor {
     public func run() -> Int32 {
         graceful_ensure_stdio()
         graceful_unblock_signals()
-        switch prepare() {
-        case .failure(let code):
-            return code
-        case .success(let resume):
-            coordinator = Coordinator(rankCount: configuration.ranks, policy: configuration.policy, resumedStep: resume?.step)
-            return launchAndSupervise(resume: resume)
+        let code: Int32
+        do {
+            preflight = try Preflight.check(configuration, warn: console.report)
+            code = try supervise()
+        } catch {
+            console.error(error.message)
+            code = error.exitCode
         }
+        console.drain(milliseconds: 2000)
+        return code
     }
 
-    // MARK: - Before launch: nothing is started until every check passed
+    // MARK: - The run
 
-    private enum Preparation {
-        case success(CommitRecord?)
-        case failure(Int32)
-    }
-
-    private func prepare() -> Preparation {
-        let watcher = ControlFileWatcher(path: configuration.controlFile)
-        if watcher.evaluate(warn: console.report) {
-            console.error("control file \(configuration.controlFile) already requests an exit (\"GracefulExit\": 1); set it to 0 to start")
-            return .failure(ExitCode.exitAlreadyRequested)
-        }
-        runDirectory = absolutePath(configuration.runDirectory)
-        do {
-            try makeDirectories(runDirectory)
-            let probe = runDirectory + "/.graceful-write-test.\(getpid())"
-            let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            if fd < 0 { throw SystemError("cannot write in \(runDirectory)") }
-            closeDescriptor(fd)
-            unlink(probe)
-        } catch {
-            console.error("run directory: \(error)")
-            return .failure(ExitCode.cannotCreate)
-        }
-        let recordPath = runDirectory + "/" + CommitRecord.fileName
-        AtomicFile.removeTemporaries(of: recordPath)
-        var resume: CommitRecord?
-        do {
-            if let contents = try AtomicFile.read(recordPath) {
-                resume = try CommitRecord(contents: contents)
-            }
-        } catch {
-            console.error("\(recordPath) cannot be used (\(error)); move it away to start from scratch")
-            return .failure(ExitCode.dataError)
-        }
-        if let resume, resume.worldSize != configuration.ranks {
-            console.error("\(recordPath) was committed by \(resume.worldSize) rank(s) but this launch asks for \(configuration.ranks); use the same -n or another --run-dir")
-            return .failure(ExitCode.dataError)
-        }
-        return .success(resume)
-    }
-
-    // MARK: - Launch and the event loop
-
-    private func launchAndSupervise(resume: CommitRecord?) -> Int32 {
-        let rankCount = configuration.ranks
-        // Four descriptors per rank (channel, two pipes, log) plus a few of our own.
-        let neededDescriptors = rankCount * 4 + 64
-        let limit = graceful_raise_nofile_limit()
-        if limit >= 0 && limit < neededDescriptors {
-            console.error("\(rankCount) ranks need about \(neededDescriptors) open files but the limit is \(limit) (ulimit -n)")
-            return ExitCode.systemError
-        }
-        do {
-            executable = try ExecutableLookup.resolve(configuration.command[0], path: getenv("PATH").map { String(cString: $0) })
-        } catch {
-            switch error {
-            case .notFound(let name):
-                console.error("\(name): command not found")
-                return ExitCode.notFound
-            case .notExecutable(let name):
-                console.error("\(name): permission denied (not an executable file)")
-                return ExitCode.notExecutable
-            }
-        }
-
-        let signals: SignalPipe
-        let watcher = ControlFileWatcher(path: configuration.controlFile)
+    private func supervise() throws(RunFailure) -> Int32 {
+        defer { preflight.lock.release() }
         do {
             loop = try EventLoop()
             signals = try SignalPipe()
+            watcher = ControlFileWatcher(path: configuration.controlFile)
             try loop.register(signals.readFD, token: Token.signals)
             if watcher.inotifyFD >= 0 { try loop.register(watcher.inotifyFD, token: Token.controlFile) }
             let subreaperError = graceful_become_subreaper()
             if subreaperError != 0 { throw SystemError("prctl(PR_SET_CHILD_SUBREAPER)", errno: subreaperError) }
-            guardPID = graceful_start_guard(&guardFD)
-            if guardPID < 0 { throw SystemError("starting the guard process") }
+            processGuard = try ProcessGuard(keeping: preflight.lock.fd)
+        } catch let error as SystemError {
+            throw .system(error)
         } catch {
-            console.error("\(error)")
-            return ExitCode.systemError
+            throw .system(SystemError("setting up", errno: EINVAL))
         }
+        defer { processGuard.release() }
         if watcher.inotifyFD < 0 {
             console.report("warning: cannot watch \(configuration.controlFile) with inotify; checking it every \(format(ControlFileWatcher.statInterval))s instead")
         }
+        try prepareLaunch()
+        defer { logFDs.forEach(closeDescriptor) }
+        if let resume = preflight.resume {
+            console.report("resuming from committed step \(resume.step) (\(preflight.runDirectory)/\(CommitRecord.fileName))")
+        }
+        console.report("run \(runID): launching \(configuration.ranks) rank(s): \(configuration.command.joined(separator: " "))")
+        try launchGang(restart: 0)
+        supervisionLoop()
+        return finish()
+    }
 
+    /// The run id, the port, the doorbell, the environment and the logs.
+    private func prepareLaunch() throws(RunFailure) {
         runID = configuration.runID ?? Self.newRunID()
         let port = configuration.masterPort ?? Int(graceful_free_tcp_port())
-        guard port > 0 else {
-            console.error("no free TCP port for MASTER_PORT; pass --master-port")
-            return stopGuard(ExitCode.systemError)
-        }
+        guard port > 0 else { throw .noFreePort }
         environment = RankEnvironment(
-            runID: runID, runDirectory: runDirectory, worldSize: rankCount,
-            masterAddress: configuration.masterAddress, masterPort: port, resume: resume)
+            runID: runID, runDirectory: preflight.runDirectory, worldSize: configuration.ranks,
+            masterAddress: configuration.masterAddress, masterPort: port, resume: preflight.resume)
         environment.maxRestarts = configuration.policy.maxRestarts
-        let doorbellPath = runDirectory + "/doorbell"
-        if let page = graceful_doorbell_map(doorbellPath, 1) {
-            doorbell = page
-            environment.doorbellPath = doorbellPath
+        var page: UnsafeMutablePointer<UInt32>?
+        let fd = graceful_doorbell_create(&page)
+        if fd >= 0, let page {
+            doorbell = (page, fd)
+            environment.hasDoorbell = true
         } else {
             // Only speed is lost: every request still goes out on the channels.
-            console.report("warning: no doorbell (\(SystemError("mapping \(doorbellPath)"))); ranks learn of requests from their channel alone")
+            console.report("warning: no doorbell (\(SystemError("memfd_create"))); ranks learn of requests from their channel alone")
         }
         inherited = Self.currentEnvironment()
         let header = "=== graceful run \(runID), \(Self.timestamp()) ===\n"
-        for rank in 0..<rankCount {
-            let logPath = "\(runDirectory)/rank_\(rank).log"
+        for rank in 0..<configuration.ranks {
+            let logPath = "\(preflight.runDirectory)/rank_\(rank).log"
             let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-            if fd < 0 {
-                console.error("\(SystemError("open \(logPath)"))")
-                logFDs.forEach(closeDescriptor)
-                return stopGuard(ExitCode.cannotCreate)
-            }
-            writeAll(fd, header)
+            if fd < 0 { throw .logFile(SystemError("open \(logPath)")) }
             logFDs.append(fd)
+            if !writeAll(fd, header) { throw .logFile(SystemError("write \(logPath)")) }
         }
-        if let resume {
-            console.report("resuming from committed step \(resume.step) (\(runDirectory)/\(CommitRecord.fileName))")
-        }
-        console.report("run \(runID): launching \(rankCount) rank(s): \(configuration.command.joined(separator: " "))")
-        if let code = launchGang(restart: 0) { return stopGuard(code) }
+    }
 
+    private func supervisionLoop() {
         var nextStatCheck = monotonicNow() + ControlFileWatcher.statInterval
+        var nextGuardRefresh = monotonicNow() + Self.guardRefreshInterval
         while exitCode == nil {
             let now = monotonicNow()
-            var wake = nextStatCheck
+            var wake = min(nextStatCheck, nextGuardRefresh)
             if let deadline = coordinator.nextDeadline, deadline < wake { wake = deadline }
             if awaitingGangExit, now + Self.gangCheckInterval < wake { wake = now + Self.gangCheckInterval }
-            let timeout = max(0, (wake.nanoseconds - now.nanoseconds + 999_999) / 1_000_000)
+            var timeout = max(0, (wake.nanoseconds - now.nanoseconds + 999_999) / 1_000_000)
+            if console.hasPending { timeout = min(timeout, Self.consoleRetryMilliseconds) }
             let events: [EventLoop.Event]
             do {
                 events = try loop.wait(timeoutMilliseconds: Int32(min(timeout, 60_000)))
             } catch {
-                console.error("\(error); killing every rank")
-                ranks.forEach { $0.process.signalGroup(SIGKILL) }
-                return stopGuard(ExitCode.systemError)
+                console.error("\(error); killing every process of the job")
+                killDescendants()
+                exitCode = ExitCode.systemError
+                return
             }
             var signalsReady = false
             var controlFileChanged = false
@@ -202,9 +155,10 @@ public final class Supervisor {
                     // Events of an attempt already replaced are stale: their descriptors are closed.
                     guard rank < ranks.count else { continue }
                     if kind == Token.channelKind {
-                        readChannel(ranks[rank])
+                        handle(ranks[rank].readChannel(loop: loop), from: rank)
                     } else {
-                        readOutput(ranks[rank], stream: kind - 1)
+                        ranks[rank].readOutput(stream: kind - 1, loop: loop, console: console)
+                        reportLostLog(of: rank)
                     }
                 }
             }
@@ -213,47 +167,58 @@ public final class Supervisor {
                 controlFileChanged = watcher.changedSinceLastCheck() || controlFileChanged
             }
             if controlFileChanged && watcher.evaluate(warn: console.report) {
-                trigger(.controlFile)
+                apply(coordinator.handle(.trigger(.controlFile), now: monotonicNow()))
             }
-            if signalsReady {
-                for signal in signals.drain() {
-                    if signal == SIGCHLD {
-                        reapChildren()
-                    } else if signal == SIGUSR2 {
-                        apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: monotonicNow()))
-                    } else if signals.stopSignals.contains(signal) {
-                        trigger(.signal(signal))
-                    }
-                }
-            }
+            if signalsReady { handleSignals() }
             if awaitingGangExit {
                 if gangIsGone() {
                     awaitingGangExit = false
-                    // Their ids may be reused now: the guard must not kill those groups any more.
-                    ranks.forEach { tellGuard(-$0.process.pid) }
                     apply(coordinator.handle(.gangGone, now: monotonicNow()))
                 } else {
                     // Orphans adopted since the last pass (a child of a dying process) get theirs too.
-                    killStragglers()
+                    killDescendants()
                 }
             }
+            if monotonicNow() >= nextGuardRefresh {
+                nextGuardRefresh = monotonicNow() + Self.guardRefreshInterval
+                var snapshot = Descendants.walk(excluding: guardExclusion)
+                processGuard.watch(snapshot)
+                snapshot.close()
+            }
             apply(coordinator.handle(.tick, now: monotonicNow()))
+            console.flush()
         }
-        return finish(watcher: watcher)
     }
 
-    /// Spawns every rank of an attempt. Returns an exit code when the launch failed (after killing
-    /// what it had started), nil on success.
-    private func launchGang(restart: Int) -> Int32? {
+    private func handleSignals() {
+        for signal in signals.drain() {
+            switch signal {
+            case SIGCHLD:
+                reapChildren()
+            case SIGUSR2:
+                apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: monotonicNow()))
+            case _ where SignalPipe.quitSignals.contains(signal):
+                apply(coordinator.handle(.trigger(.signal(signal)), now: monotonicNow()))
+            case _ where signals.stopSignals.contains(signal):
+                apply(coordinator.handle(.trigger(.signal(signal)), now: monotonicNow()))
+            default:
+                break
+            }
+        }
+    }
+
+    /// Spawns every rank of an attempt; on failure, kills what it had started.
+    private func launchGang(restart: Int) throws(RunFailure) {
         environment.restartCount = restart
         ranks = []
         rankByPID = [:]
         for rank in 0..<configuration.ranks {
             do {
                 let process = try RankProcess.spawn(
-                    rank: rank, executable: executable, arguments: Array(configuration.command.dropFirst()),
-                    environment: environment.variables(rank: rank, inherited: inherited))
-                tellGuard(process.pid)
+                    rank: rank, executable: preflight.executable, arguments: Array(configuration.command.dropFirst()),
+                    environment: environment.variables(rank: rank, inherited: inherited),
+                    doorbellFD: doorbell?.fd, openFilesLimit: preflight.rankOpenFilesLimit)
+                processGuard.watch(pidfd: process.pidfd)
                 let io = RankIO(process: process, log: logFDs[rank])
                 ranks.append(io)
                 rankByPID[process.pid] = rank
@@ -261,23 +226,29 @@ public final class Supervisor {
                 try loop.register(process.outputFDs[0], token: Token.output(rank, stream: 0))
                 try loop.register(process.outputFDs[1], token: Token.output(rank, stream: 1))
             } catch {
-                console.error("cannot start rank \(rank): \(error)")
-                for io in ranks {
-                    io.process.signalGroup(SIGKILL)
-                    var status: Int32 = 0
-                    while waitpid(io.process.pid, &status, 0) < 0 && errno == EINTR {}
-                    io.close(loop: loop)
+                abandonLaunch()
+                switch error {
+                case let failure as RankProcess.SpawnError:
+                    switch failure {
+                    case .notExecutable(let reason): throw .commandNotExecutable(preflight.executable, reason: reason.reason)
+                    case .system(let reason): throw .system(reason)
+                    }
+                case let failure as SystemError: throw .system(failure)
+                default: throw .system(SystemError("starting rank \(rank)", errno: EINVAL))
                 }
-                return ExitCode.systemError
             }
         }
         apply(coordinator.handle(.launched, now: monotonicNow()))
-        return nil
     }
 
-    private func trigger(_ trigger: Trigger) {
-        if stopTrigger == nil, case .running = coordinator.phase { stopTrigger = trigger }
-        apply(coordinator.handle(.trigger(trigger), now: monotonicNow()))
+    /// Kills and reaps every process started so far (a launch failed half-way).
+    private func abandonLaunch() {
+        for _ in 0..<Self.finalSweeps where killDescendants() > 0 {
+            waitForChildren()
+            reapChildren()
+        }
+        ranks.forEach { $0.close(loop: loop) }
+        ranks = []
     }
 
     /// Reaps every ended child: ranks become `.exited` events; orphans adopted as subreaper are just
@@ -287,14 +258,15 @@ public final class Supervisor {
             var status: Int32 = 0
             let pid = graceful_reap_any(&status)
             guard pid > 0 else { return }
-            if pid == guardPID {
-                guardPID = -1
+            if pid == processGuard.pid {
+                processGuard.ended()
                 console.report("warning: the guard process ended unexpectedly; ranks are not protected against the coordinator's own death")
                 continue
             }
             guard let rank = rankByPID[pid], coordinator.ranks[rank].isAlive else { continue }
             // A rank that confirmed and then exited at once: its confirmation must count first.
-            readChannel(ranks[rank])
+            handle(ranks[rank].drainChannel(loop: loop), from: rank)
+            ranks[rank].process.closePidfd()
             let exit: ExitStatus = graceful_status_signaled(status) != 0
                 ? .signaled(graceful_status_signal(status))
                 : .exited(graceful_status_exit_code(status))
@@ -302,20 +274,25 @@ public final class Supervisor {
         }
     }
 
-    /// True when no rank's process group has a member left and no descendant is left to reap.
+    /// True when no process of the job is left: the coordinator, subreaper of them all, has no child
+    /// but its guard.
     private func gangIsGone() -> Bool {
         reapChildren()
-        if ranks.contains(where: \.process.groupExists) { return false }
-        return !hasChildrenBesidesGuard()
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        defer { snapshot.close() }
+        return snapshot.isEmpty
+    }
+
+    private var guardExclusion: Set<pid_t> {
+        processGuard.pid > 0 ? [processGuard.pid] : []
     }
 
     // MARK: - Reading ranks
 
-    private func readChannel(_ io: RankIO) {
-        for line in io.readChannel(loop: loop) {
+    private func handle(_ lines: [RankIO.ChannelLine], from rank: Int) {
+        for line in lines {
             switch line {
             case .message(let message):
-                let rank = io.process.rank
                 let event: CoordinatorEvent
                 switch message {
                 case .hello(let version, _):
@@ -330,44 +307,90 @@ public final class Supervisor {
                 }
                 apply(coordinator.handle(event, now: monotonicNow()))
             case .invalid(let problem):
-                console.report("warning: rank \(io.process.rank) wrote something that is not a protocol message (\(problem)); ignored, as is anything else it writes that is not one")
+                console.report("warning: rank \(rank) wrote something that is not a protocol message (\(problem)); ignored, as is anything else it writes that is not one")
             }
         }
     }
 
-    private func readOutput(_ io: RankIO, stream: Int) {
-        for line in io.readOutput(stream: stream, loop: loop) {
-            console.rankLine(rank: io.process.rank, line, toStandardError: stream == 1)
-        }
+    private func reportLostLog(of rank: Int) {
+        let lost = ranks[rank].relay.logLostBytes
+        guard lost > 0, reportedLostLogs.insert(rank).inserted else { return }
+        console.report("warning: \(preflight.runDirectory)/rank_\(rank).log cannot be written (\(SystemError("write").reason)); its lines go to the console only")
     }
 
     // MARK: - Carrying out decisions
 
     private func apply(_ actions: [CoordinatorAction]) {
+        var signalsDue: [(rank: Int, signal: Int32)] = []
         for action in actions {
+            if case .signal(let rank, let signal) = action {
+                signalsDue.append((rank, signal))
+                continue
+            }
+            // One walk of the process tree serves a whole run of signals (a stop of 1024 plain ranks).
+            deliver(signalsDue)
+            signalsDue = []
             switch action {
             case .ring(let id):
-                if let doorbell { graceful_doorbell_ring(doorbell, UInt32(truncatingIfNeeded: id)) }
+                if let doorbell { graceful_doorbell_ring(doorbell.page, UInt32(truncatingIfNeeded: id)) }
             case .send(let rank, let message):
                 _ = ranks[rank].process.send(message.line)
-            case .signal(let rank, let signal):
-                ranks[rank].process.signalGroup(signal)
+            case .signal:
+                break
             case .commit(let step, let paths, let trigger):
                 apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: monotonicNow()))
             case .awaitGangExit:
-                killStragglers()
+                killDescendants()
                 awaitingGangExit = true
             case .launch(let restart):
                 for io in ranks { io.close(loop: loop) }
                 environment.resume = currentRecord()
                 console.report("restart \(restart): launching \(configuration.ranks) rank(s)")
-                if let code = launchGang(restart: restart) { exitCode = code }
+                do {
+                    try launchGang(restart: restart)
+                } catch {
+                    console.error(error.message)
+                    exitCode = error.exitCode
+                }
             case .report(let line):
-                console.report(line)
+                console.report("\(line)")
             case .finish(let code):
                 exitCode = code
             }
         }
+        deliver(signalsDue)
+    }
+
+    /// Sends each signal to its rank: the rank itself, everything below it in the process tree (also
+    /// what left its process group), and what is still in its group.
+    private func deliver(_ due: [(rank: Int, signal: Int32)]) {
+        guard !due.isEmpty else { return }
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        defer { snapshot.close() }
+        for (rank, signal) in due {
+            let process = ranks[rank].process
+            process.signal(signal)
+            for member in snapshot.members(ofRankLed: process.pid) where member.pid != process.pid {
+                member.send(signal)
+            }
+        }
+        processGuard.watch(snapshot)
+    }
+
+    /// SIGKILL to every descendant but the guard. Returns how many were signalled.
+    @discardableResult
+    private func killDescendants() -> Int {
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        defer { snapshot.close() }
+        snapshot.processes.forEach { $0.send(SIGKILL) }
+        return snapshot.processes.count
+    }
+
+    /// Waits (bounded) for a child to change state, on the signal pipe's SIGCHLD byte.
+    private func waitForChildren() {
+        var ready = pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0)
+        _ = poll(&ready, 1, Int32(Self.gangCheckInterval * 1000))
+        _ = signals.drain()
     }
 
     /// Writes the record if every reported checkpoint exists; the event to feed back.
@@ -381,7 +404,7 @@ public final class Supervisor {
         }
         let record = CommitRecord(runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp())
         do {
-            try AtomicFile.write(record.json, to: runDirectory + "/" + CommitRecord.fileName)
+            try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
             return .commitWritten
         } catch {
             return .commitFailed("\(error)")
@@ -390,112 +413,46 @@ public final class Supervisor {
 
     /// The record on disk now (the one resumed from, or a later commit of this run).
     private func currentRecord() -> CommitRecord? {
-        let path = runDirectory + "/" + CommitRecord.fileName
+        let path = preflight.runDirectory + "/" + CommitRecord.fileName
         guard case .some(.some(let contents)) = try? AtomicFile.read(path) else { return nil }
         return try? CommitRecord(contents: contents)
     }
 
-    // MARK: - The guard and stragglers
-
-    /// One word to the guard: a process group to watch (positive), to forget (negative), or 0 when
-    /// the coordinator ends on purpose.
-    private func tellGuard(_ value: Int32) {
-        guard guardFD >= 0 else { return }
-        var value = value
-        _ = withUnsafeBytes(of: &value) { writeAll(guardFD, $0) }
-    }
-
-    /// Tells the guard the coordinator is done on purpose, and reaps it.
-    private func stopGuard(_ code: Int32) -> Int32 {
-        guard guardFD >= 0 else { return code }
-        tellGuard(0)
-        closeDescriptor(guardFD)
-        guardFD = -1
-        if guardPID > 0 {
-            var status: Int32 = 0
-            while waitpid(guardPID, &status, 0) < 0 && errno == EINTR {}
-            guardPID = -1
-        }
-        return code
-    }
-
-    /// SIGKILL to every rank's process group and to every adopted orphan (a descendant that left its
-    /// group, then lost its parent). Returns how many groups or orphans were signalled.
-    @discardableResult
-    private func killStragglers() -> Int {
-        var signalled = 0
-        for io in ranks where io.process.groupExists {
-            io.process.signalGroup(SIGKILL)
-            signalled += 1
-        }
-        for pid in childPIDs() where pid != guardPID {
-            kill(pid, SIGKILL)
-            signalled += 1
-        }
-        return signalled
-    }
-
-    /// The coordinator's children as the kernel lists them, adopted orphans included.
-    private func childPIDs() -> [pid_t] {
-        let me = getpid()
-        guard let directory = opendir("/proc/\(me)/task") else { return [] }
-        defer { closedir(directory) }
-        var children: [pid_t] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard Int32(name) != nil,
-                  case .some(.some(let text)) = try? AtomicFile.read("/proc/\(me)/task/\(name)/children", limit: 1 << 20)
-            else { continue }
-            children += String(decoding: text, as: UTF8.self).split(separator: " ").compactMap { pid_t($0) }
-        }
-        return children
-    }
-
-    private func hasChildrenBesidesGuard() -> Bool {
-        childPIDs().contains { $0 != guardPID }
-    }
-
     // MARK: - The end
 
-    private func finish(watcher: ControlFileWatcher) -> Int32 {
+    /// Every rank has ended: kills what they left behind until nothing is left (a process whose
+    /// parent dies during a sweep is adopted and found by the next), relays what is left in the
+    /// pipes, reports, and resets the control file after a stop it asked for.
+    private func finish() -> Int32 {
         let code = exitCode ?? ExitCode.systemError
-        // Every rank has ended; take what is still in the pipes without waiting for an end of file a
-        // grandchild may be holding back.
-        for io in ranks {
-            for stream in 0..<2 {
-                for line in io.drainOutput(stream: stream) {
-                    console.rankLine(rank: io.process.rank, line, toStandardError: stream == 1)
-                }
-            }
+        var killed = 0
+        for _ in 0..<Self.finalSweeps {
+            reapChildren()
+            let count = killDescendants()
+            if count == 0 { break }
+            killed += count
+            waitForChildren()
         }
-        if killStragglers() > 0 {
-            console.report("killed processes left behind by the ranks (process groups and orphans)")
+        if killed > 0 {
+            console.report("killed \(killed) process(es) the ranks left behind")
         }
-        reapChildren()
-        if let failure = coordinator.firstFailure, code == ExitCode.rankFailed, failure.rank < ranks.count {
-            let tail = ranks[failure.rank].tail
-            console.report("rank \(failure.rank) failed first (\(failure.status)); last lines of \(runDirectory)/rank_\(failure.rank).log:")
-            if tail.isEmpty { console.report("  (no output)") }
-            for line in tail { console.report("  | \(line)") }
+        for io in ranks { io.drainOutput(loop: loop, console: console) }
+        let failure = coordinator.firstFailure.flatMap { failure in
+            failure.rank < ranks.count ? (failure, ranks[failure.rank].relay.tail) : nil
         }
-        let attempts = coordinator.attempts
-        for attempt in attempts {
-            var title = attempts.count > 1 ? "attempt \(attempt.restart + 1) of \(attempts.count)" : "summary"
-            if let failure = attempt.failure { title += ": rank \(failure.rank) failed first (\(failure.status))" }
-            console.report(title + ":")
-            let pids = attempt.restart == coordinator.restarts ? ranks.map(\.process.pid) : []
-            for line in RunSummary.table(ranks: attempt.ranks, pids: pids) {
-                console.report("  " + line)
-            }
-        }
-        if stopTrigger == .controlFile { resetControlFile() }
-        console.report(Self.describe(code))
+        let report = RunReport(
+            attempts: coordinator.attempts, failure: failure, pids: ranks.map(\.process.pid),
+            runDirectory: preflight.runDirectory, exitCode: code, droppedConsoleLines: console.droppedLines)
+        let lines = report.lines
+        lines.dropLast().forEach(console.report)
+        if Optional<Trigger>.none == .controlFile { resetControlFile() }
+        lines.last.map(console.report)
         for io in ranks { io.close(loop: loop) }
-        logFDs.forEach(closeDescriptor)
-        if let path = environment.doorbellPath { unlink(path) }
-        return stopGuard(code)
+        if let doorbell {
+            munmap(doorbell.page, Int(GRACEFUL_DOORBELL_SIZE))
+            closeDescriptor(doorbell.fd)
+        }
+        return code
     }
 
     /// After a stop the control file asked for, its flag goes back to 0 (other keys kept), so the next
@@ -512,16 +469,6 @@ public final class Supervisor {
             console.report("reset \"\(ControlFileState.key)\" to 0 in \(path)")
         } catch {
             console.report("warning: could not reset \(path): \(error); set \"\(ControlFileState.key)\" to 0 before the next launch")
-        }
-    }
-
-    static func describe(_ code: Int32) -> String {
-        switch code {
-        case ExitCode.success: return "exit 0"
-        case ExitCode.rankFailed: return "exit 1: a rank failed"
-        case ExitCode.notCommitted: return "exit 2: the stop did not commit a consistent checkpoint; the previous record is untouched"
-        case 129...192: return "exit \(code): forced by \(SignalNumber.name(code - 128)); nothing committed"
-        default: return "exit \(code)"
         }
     }
 

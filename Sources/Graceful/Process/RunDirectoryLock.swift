@@ -1,0 +1,49 @@
+import Glibc
+
+/// `<run-dir>/lock`: one run per run directory. An exclusive `flock` that the kernel releases when
+/// its last holder is gone: the coordinator, and after it the guard, which lives until every process
+/// of the job it knows of is dead. The file holds the coordinator's pid, for the refusal message.
+struct RunDirectoryLock {
+    static let fileName = "lock"
+
+    enum Failure: Error {
+        /// Another run holds it; its coordinator's pid, when the file names one.
+        case busy(holder: pid_t?)
+        case system(SystemError)
+    }
+
+    let fd: Int32
+
+    static func acquire(in directory: String) throws(Failure) -> RunDirectoryLock {
+        let path = directory + "/" + fileName
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        if fd < 0 { throw .system(SystemError("open \(path)")) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            if errno == EINTR { continue }
+            let error = errno
+            let holder = readHolder(fd)
+            closeDescriptor(fd)
+            if error == EWOULDBLOCK { throw .busy(holder: holder) }
+            throw .system(SystemError("flock \(path)", errno: error))
+        }
+        let text = "\(getpid())\n"
+        if ftruncate(fd, 0) != 0 || pwrite(fd, text, text.utf8.count, 0) != text.utf8.count {
+            let error = SystemError("write \(path)")
+            closeDescriptor(fd)
+            throw .system(error)
+        }
+        return RunDirectoryLock(fd: fd)
+    }
+
+    private static func readHolder(_ fd: Int32) -> pid_t? {
+        var bytes = [UInt8](repeating: 0, count: 32)
+        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return nil }
+        return pid_t(String(decoding: bytes[0..<count], as: UTF8.self).split(separator: "\n").first ?? "")
+    }
+
+    /// Releases it for this process (the guard keeps its own reference until it exits).
+    func release() {
+        closeDescriptor(fd)
+    }
+}

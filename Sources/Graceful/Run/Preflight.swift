@@ -1,0 +1,93 @@
+import CGraceful
+import Glibc
+
+/// Everything checked before the first rank starts, in an order that touches nothing until the
+/// command is known to run and the run directory is this run's alone.
+struct Preflight {
+    let runDirectory: String
+    let executable: String
+    /// The run directory's lock, held until the coordinator ends (and by its guard after it).
+    let lock: RunDirectoryLock
+    let resume: CommitRecord?
+    /// The soft limit of open files the coordinator was started with, for the ranks; -1: unlimited.
+    let rankOpenFilesLimit: Int
+
+    static func check(_ configuration: RunConfiguration, warn: (String) -> Void) throws(RunFailure) -> Preflight {
+        let watcher = ControlFileWatcher(path: configuration.controlFile)
+        if watcher.evaluate(warn: warn) {
+            throw .controlFileRequestsExit(path: configuration.controlFile)
+        }
+        let executable: String
+        do {
+            executable = try ExecutableLookup.resolve(configuration.command[0], path: getenv("PATH").map { String(cString: $0) })
+        } catch {
+            switch error {
+            case .notFound(let name): throw .commandNotFound(name)
+            case .notExecutable(let name): throw .commandNotExecutable(name, reason: nil)
+            }
+        }
+        var previousLimit = -1
+        let limit = graceful_raise_nofile_limit(&previousLimit)
+        // Four descriptors per rank (channel, two pipes, log) and a pidfd, plus a few of our own.
+        let needed = configuration.ranks * 5 + 64
+        if limit >= 0 && limit < needed { throw .tooFewOpenFiles(needed: needed, limit: limit) }
+
+        let runDirectory = absolutePath(configuration.runDirectory)
+        do {
+            try makeDirectories(runDirectory)
+        } catch {
+            throw .runDirectory(error)
+        }
+        let lock: RunDirectoryLock
+        do {
+            lock = try RunDirectoryLock.acquire(in: runDirectory)
+        } catch {
+            switch error {
+            case .busy(let holder):
+                let inside = getenv("GRACEFUL_RUN_DIR").map { absolutePath(String(cString: $0)) } == runDirectory
+                throw .runDirectoryBusy(directory: runDirectory, holder: holder, insideRank: inside)
+            case .system(let failure):
+                throw .runDirectory(failure)
+            }
+        }
+        do throws(RunFailure) {
+            try probeWriting(in: runDirectory)
+            let recordPath = runDirectory + "/" + CommitRecord.fileName
+            // Only now: a temporary of another live run's commit must never be removed.
+            AtomicFile.removeTemporaries(of: recordPath)
+            let resume = try loadRecord(recordPath)
+            if let resume, resume.worldSize != configuration.ranks {
+                throw RunFailure.recordWorldSize(path: recordPath, committed: resume.worldSize, asked: configuration.ranks)
+            }
+            return Preflight(
+                runDirectory: runDirectory, executable: executable, lock: lock, resume: resume,
+                rankOpenFilesLimit: previousLimit)
+        } catch {
+            lock.release()
+            throw error
+        }
+    }
+
+    /// Writes one byte: an empty file can be created on a full filesystem, a byte cannot.
+    private static func probeWriting(in directory: String) throws(RunFailure) {
+        let probe = directory + "/.graceful-write-test.\(getpid())"
+        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd < 0 { throw .runDirectory(SystemError("cannot write in \(directory)")) }
+        defer {
+            closeDescriptor(fd)
+            unlink(probe)
+        }
+        if !writeAll(fd, "\n") || fsync(fd) != 0 { throw .runDirectory(SystemError("cannot write in \(directory)")) }
+    }
+
+    private static func loadRecord(_ path: String) throws(RunFailure) -> CommitRecord? {
+        do {
+            guard let contents = try AtomicFile.read(path) else { return nil }
+            return try CommitRecord(contents: contents)
+        } catch let error as SystemError {
+            throw .unusableRecord(path: path, reason: "\(error)")
+        } catch {
+            throw .unusableRecord(path: path, reason: "\(error)")
+        }
+    }
+}

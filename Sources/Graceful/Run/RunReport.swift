@@ -1,0 +1,47 @@
+/// The lines printed when a run ends: the first failure with the tail of its log, one table per
+/// attempt, what the console lost and the exit line. Pure, so it is tested without processes.
+struct RunReport {
+    var attempts: [Coordinator.Attempt]
+    /// The failure that ended the run, with the last lines of that rank's log (latest attempt).
+    var failure: (failure: Coordinator.Failure, tail: [String])?
+    /// The pids of the latest attempt's ranks.
+    var pids: [Int32]
+    var runDirectory: String
+    var exitCode: Int32
+    /// Rank lines the console dropped (it did not keep up); the logs have them.
+    var droppedConsoleLines = 0
+
+    var lines: [String] {
+        var lines: [String] = []
+        if let (failure, tail) = failure, exitCode == ExitCode.rankFailed {
+            if tail.isEmpty {
+                lines.append("rank \(failure.rank) failed first (\(failure.status)); \(runDirectory)/rank_\(failure.rank).log is empty")
+            } else {
+                lines.append("rank \(failure.rank) failed first (\(failure.status)); last lines of \(runDirectory)/rank_\(failure.rank).log:")
+                lines += tail.map { "  | \($0)" }
+            }
+        }
+        for (index, attempt) in attempts.enumerated() {
+            var title = attempts.count > 1 ? "attempt \(attempt.restart + 1) of \(attempts.count)" : "summary"
+            if let failure = attempt.failure { title += ": rank \(failure.rank) failed first (\(failure.status))" }
+            lines.append(title + ":")
+            let attemptPIDs = index == attempts.count - 1 ? pids : []
+            lines += RunSummary.table(ranks: attempt.ranks, pids: attemptPIDs).map { "  " + $0 }
+        }
+        if droppedConsoleLines > 0 {
+            lines.append("\(droppedConsoleLines) line(s) of rank output were not shown (the console did not keep up); \(runDirectory)/rank_N.log has them all")
+        }
+        lines.append(Self.describe(exitCode))
+        return lines
+    }
+
+    static func describe(_ code: Int32) -> String {
+        switch code {
+        case ExitCode.success: return "exit 0"
+        case ExitCode.rankFailed: return "exit 1: a rank failed"
+        case ExitCode.notCommitted: return "exit 2: the stop did not commit a consistent checkpoint; the previous record is untouched"
+        case 129...192: return "exit \(code): forced by \(SignalNumber.name(code - 128)); nothing committed"
+        default: return "exit \(code)"
+        }
+    }
+}
