@@ -28,7 +28,6 @@ public final class Supervisor {
     private var environment: RankEnvironment!
     private var inherited: [(String, String)] = []
     private var exitCode: Int32?
-    private var stopTrigger: Trigger?
     private var awaitingGangExit = false
     private var guardPID: pid_t = -1
     private var guardFD: Int32 = -1
@@ -276,7 +275,6 @@ public final class Supervisor {
     }
 
     private func trigger(_ trigger: Trigger) {
-        if stopTrigger == nil, case .running = coordinator.phase { stopTrigger = trigger }
         apply(coordinator.handle(.trigger(trigger), now: monotonicNow()))
     }
 
@@ -362,8 +360,8 @@ public final class Supervisor {
                 environment.resume = currentRecord()
                 console.report("restart \(restart): launching \(configuration.ranks) rank(s)")
                 if let code = launchGang(restart: restart) { exitCode = code }
-            case .report(let line):
-                console.report(line)
+            case .report(let report):
+                console.report("\(report)")
             case .finish(let code):
                 exitCode = code
             }
@@ -490,7 +488,7 @@ public final class Supervisor {
                 console.report("  " + line)
             }
         }
-        if stopTrigger == .controlFile { resetControlFile() }
+        if coordinator.stopTrigger == .controlFile { resetControlFile() }
         console.report(Self.describe(code))
         for io in ranks { io.close(loop: loop) }
         logFDs.forEach(closeDescriptor)

@@ -210,7 +210,7 @@ struct Walk {
     mutating func randomTrigger() -> Trigger {
         random.pick([
             .controlFile, .signal(SignalNumber.interrupt), .signal(SignalNumber.terminate),
-            .signal(SignalNumber.user1), .signal(SignalNumber.hangup),
+            .signal(SignalNumber.user1), .signal(SignalNumber.hangup), .quit(SignalNumber.quit), .quit(SignalNumber.abort),
         ])
     }
 
@@ -237,10 +237,11 @@ struct Walk {
             startsStop = false
         case .trigger(let trigger):
             startsStop = running
-            if case .signal(let number) = trigger {
+            if let number = trigger.signalNumber {
                 let counted = lastStopSignalAt.map { now.seconds(since: $0) >= policy.signalDebounce } ?? true
                 lastStopSignalAt = now
-                if !startsStop && counted && !attemptFailed { forcedBy = number }
+                let quits = if case .quit = trigger { true } else { false }
+                if (quits && startsStop || !startsStop && counted) && !attemptFailed { forcedBy = number }
             }
             if startsStop {
                 helloBeforeStop = saidHello
@@ -254,6 +255,12 @@ struct Walk {
         let livingBefore = living
         let actions = machine.handle(event, now: now)
         for action in actions where !isReport(action) { trace.append("  -> \(action)") }
+        if startsStop, case .trigger(.quit) = event {
+            for rank in livingBefore {
+                let terminated = actions.contains { $0 == .signal(rank: rank, SignalNumber.terminate) || $0 == .signal(rank: rank, SignalNumber.kill) }
+                try expect(terminated, "a quit did not send SIGTERM to rank \(rank)")
+            }
+        }
         if startsStop {
             for rank in livingBefore {
                 let told = actions.contains { action in
@@ -273,6 +280,7 @@ struct Walk {
     }
 
     func isReport(_ action: CoordinatorAction) -> Bool {
+        if case .report(let report) = action { _ = report.description }
         if case .report = action { return true }
         return false
     }
