@@ -4,87 +4,33 @@ import GracefulProtocol
 /// checkpoint at, when to commit, when to escalate, when to restart, when the run is over and with
 /// which exit code.
 ///
-/// Feed it events with the current time; perform the returned actions in order. It never blocks and
-/// never reads a clock itself, so every decision can be tested with a fake clock.
+/// Feed it events with the current time; perform the returned actions in order. It never blocks,
+/// never reads a clock itself and never traps on any value an event carries, so every decision can
+/// be tested with a fake clock.
 ///
-/// Guarantees:
-/// - it asks for a commit only when every rank confirmed the same step (the round's step), at most
-///   once per round; a gang with a rank that never said hello commits nothing;
-/// - every rank that has not ended `grace` seconds after a stop request gets SIGTERM, and SIGKILL
-///   `killAfter` seconds after that; nothing is ever signalled after it ended;
-/// - a checkpoint round never signals anybody: it commits or is abandoned;
-/// - a stop (signal, control file) is never answered with a restart; a restart happens only after
-///   the whole old gang is gone, and at most `maxRestarts` times;
-/// - `.finish` comes exactly once, after every rank ended.
+/// Guarantees (`CoordinatorPropertyTests` checks each after every event of random runs):
+/// - `.finish` comes exactly once, only once every rank of the current attempt has ended, and
+///   nothing is returned after it;
+/// - no `.signal` and no `.send` goes to a rank that has ended;
+/// - when a stop starts, every living rank gets `stop` (it said hello) or SIGTERM (it did not);
+///   a quit (SIGQUIT, SIGABRT) also sends SIGTERM to every living rank at once;
+/// - `.commit` is asked for only when every rank of the gang said hello before the round and
+///   confirmed the round's step in this round (with the path of its first confirmation), before the
+///   round's grace expired; at most once per round. A confirmation after the grace is ignored;
+/// - a rank that has not ended `grace` seconds after a stop request gets SIGTERM, and SIGKILL
+///   `killAfter` seconds after its SIGTERM; a checkpoint round never signals anybody;
+/// - stop signals (and quits) count only when at least `signalDebounce` passed since the previous
+///   one received, counted or not: a storm is one stop; the second counted one sends SIGTERM to every
+///   rank not yet signalled, the third (or a quit during a stop) SIGKILL;
+/// - a restart (`.launch`) happens only after `.gangGone` answered `.awaitGangExit`, at most
+///   `maxRestarts` times, and never once a stop trigger (signal, quit, control file) arrived in
+///   any phase: a stop during a failed gang's teardown or backoff ends the run with 1;
+/// - the exit code: 1 when a rank failed (non-zero, or a signal) while no stop was pending and no
+///   restart was left or allowed; otherwise 0 when no stop was requested (every rank exited 0), or
+///   when the stop's commit was written; else 128+N when signal N forced the stop (a counted second
+///   or third signal, or a quit); else 0 when no rank said hello and every rank exited 0 or on
+///   SIGTERM; else 2.
 public struct Coordinator: Sendable {
-    /// One request to every rank: stop, or checkpoint and keep training.
-    public struct Round: Equatable, Sendable {
-        public enum Kind: Equatable, Sendable {
-            case stop
-            case checkpoint
-        }
-
-        public enum Target: Equatable, Sendable {
-            /// Collecting positions until every rank answered or `deadline`.
-            case aligning(deadline: Instant)
-            /// The round's step; `nil` means "each rank's next boundary".
-            case decided(Int?)
-        }
-
-        public let id: Int
-        public let kind: Kind
-        public let trigger: String
-        public let requestedAt: Instant
-        public internal(set) var target: Target
-        public internal(set) var commitRequested = false
-        public internal(set) var committedStep: Int?
-        /// Why nothing can be committed, first reason first.
-        public internal(set) var problems: [String] = []
-
-        var decidedStep: Int?? {
-            if case .decided(let step) = target { return .some(step) }
-            return nil
-        }
-    }
-
-    /// A stop in progress.
-    public struct Stop: Equatable, Sendable {
-        public internal(set) var round: Round
-        /// Stop signals counted after the one that started the stop (1: SIGTERM now, 2: SIGKILL now).
-        public internal(set) var hurry = 0
-        /// The last signal that forced the teardown, for the exit code 128+N.
-        public internal(set) var forcedBy: Int32?
-        public internal(set) var graceExpired = false
-        /// When the last counted stop signal arrived, for the debounce.
-        var lastSignalAt: Instant?
-        /// The step of a checkpoint round this stop superseded: late confirmations of it are ignored.
-        var supersededStep: Int?
-    }
-
-    /// The first rank that failed while no stop was pending, in one attempt.
-    public struct Failure: Equatable, Sendable {
-        public let rank: Int
-        public let status: ExitStatus
-    }
-
-    /// An attempt that ended, for the summary.
-    public struct Attempt: Equatable, Sendable {
-        public let restart: Int
-        public let failure: Failure?
-        public let ranks: [RankRecord]
-    }
-
-    public enum Phase: Equatable, Sendable {
-        /// Training; `checkpoint` is the checkpoint round in flight, if any.
-        case running(checkpoint: Round?)
-        case stopping(Stop)
-        /// Tearing the gang down after a failure; `stopRequested` forbids the restart.
-        case failing(Failure, stopRequested: Bool)
-        /// The failed gang is being cleared (`resumeAt` nil) or the backoff runs until `resumeAt`.
-        case restarting(resumeAt: Instant?)
-        case finished(exitCode: Int32)
-    }
-
     public let policy: StopPolicy
     public private(set) var ranks: [RankRecord]
     public private(set) var phase: Phase = .running(checkpoint: nil)
@@ -96,11 +42,17 @@ public struct Coordinator: Sendable {
     public private(set) var firstFailure: Failure?
     /// The step of the last commit (this run's or the one resumed from).
     public private(set) var lastCommittedStep: Int?
+    /// The first stop trigger of the run, whatever the phase it arrived in.
+    public private(set) var stopTrigger: Trigger?
     private var nextRoundID = 1
     private var attemptFailure: Failure?
     /// The step of the last abandoned checkpoint round: ranks may still confirm it, harmlessly.
     private var abandonedStep: Int?
     private var nextCheckpointAt: Instant?
+    /// The ranks a periodic round was last skipped for, so that a repeated skip is not reported again.
+    private var reportedSkip: [Int]?
+    /// When the previous stop signal arrived, counted or not: the debounce window slides with it.
+    private var lastStopSignalAt: Instant?
     // Kept so that no event costs a walk over every rank (a stop at 1024 ranks is some 3000 events).
     private var livingCount: Int
     /// No later than the earliest SIGKILL due to a rank still in `.terminated`.
@@ -168,18 +120,20 @@ public struct Coordinator: Sendable {
         case .trigger(let trigger):
             receiveTrigger(trigger, now: now, into: &actions)
         case .requestCheckpoint(let trigger):
-            if case .running(.some) = phase {
-                actions.append(.report("\(trigger): a checkpoint is already in progress; ignored"))
-            } else if case .running(.none) = phase {
-                startCheckpoint(trigger: trigger, now: now, into: &actions)
-            } else {
-                actions.append(.report("\(trigger): no checkpoint while the ranks are stopping or restarting; ignored"))
+            switch phase {
+            case .running(.some):
+                actions.append(.report(.checkpointInProgress(trigger: trigger)))
+            case .running(.none):
+                startCheckpoint(trigger: trigger, periodic: false, now: now, into: &actions)
+            case .stopping, .failing, .restarting, .finished:
+                actions.append(.report(.checkpointRefused(trigger: trigger)))
             }
         case .gangGone:
             if case .restarting(.none) = phase {
                 let wait = policy.backoff(beforeRestart: restarts + 1)
                 phase = .restarting(resumeAt: now + wait)
-                actions.append(.report("restart \(restarts + 1) of \(policy.maxRestarts) in \(format(wait))s, from \(lastCommittedStep.map { "committed step \($0)" } ?? "the beginning (nothing committed)")"))
+                actions.append(.report(.restartScheduled(
+                    restart: restarts + 1, maxRestarts: policy.maxRestarts, after: wait, from: lastCommittedStep)))
             }
         case .commitWritten:
             commitWritten(now: now, into: &actions)
@@ -195,37 +149,49 @@ public struct Coordinator: Sendable {
 
     // MARK: - Requests
 
+    /// Whether a stop signal arriving now counts: only when the previous one, counted or not, is at
+    /// least `signalDebounce` old, so a storm of any length is one request.
+    private mutating func signalCounts(now: Instant) -> Bool {
+        defer { lastStopSignalAt = now }
+        guard let last = lastStopSignalAt else { return true }
+        return now.seconds(since: last) >= policy.signalDebounce
+    }
+
     private mutating func receiveTrigger(_ trigger: Trigger, now: Instant, into actions: inout [CoordinatorAction]) {
+        if stopTrigger == nil { stopTrigger = trigger }
+        let counts = trigger.signalNumber != nil && signalCounts(now: now)
         switch phase {
         case .running(let round):
             var superseded: Int?
             if case .decided(let step)? = round?.target { superseded = step }
             startStop(trigger, supersededStep: superseded, now: now, into: &actions)
         case .stopping(var stop):
-            guard case .signal(let signal) = trigger else { return }
-            if let last = stop.lastSignalAt, now.seconds(since: last) < policy.signalDebounce { return }
-            stop.lastSignalAt = now
+            // The control file does not escalate: it cannot be told apart from the request itself.
+            guard counts, let signal = trigger.signalNumber else { return }
+            if case .quit = trigger { stop.hurry = max(stop.hurry, 1) }
             stop.hurry += 1
             stop.forcedBy = signal
             phase = .stopping(stop)
             if stop.hurry == 1 {
-                actions.append(.report("\(trigger) again: sending SIGTERM to the ranks still running (SIGKILL in \(format(policy.killAfter))s, or on a third signal)"))
+                actions.append(.report(.escalated(trigger, .terminate(killAfter: policy.killAfter))))
                 terminateLiving(now: now, into: &actions)
             } else {
-                actions.append(.report("\(trigger) again: sending SIGKILL to the ranks still running"))
+                actions.append(.report(.escalated(trigger, .kill)))
                 killLiving(into: &actions)
             }
         case .failing(let failure, let stopRequested):
-            guard case .signal = trigger else { return }
-            if stopRequested {
-                actions.append(.report("\(trigger): sending SIGKILL to the ranks still running"))
-                killLiving(into: &actions)
-            } else {
-                actions.append(.report("\(trigger): stop requested while a failed gang is torn down; no restart"))
+            if !stopRequested {
+                actions.append(.report(.restartForbidden(trigger)))
                 phase = .failing(failure, stopRequested: true)
             }
+            // Every rank has had SIGTERM already: a counted repeat, or a quit, is the SIGKILL.
+            let quits = if case .quit = trigger { true } else { false }
+            if counts && (stopRequested || quits) {
+                actions.append(.report(.killingFailedGang(trigger)))
+                killLiving(into: &actions)
+            }
         case .restarting:
-            actions.append(.report("stop requested (\(trigger)) before the restart; not restarting"))
+            actions.append(.report(.restartCancelled(trigger)))
             phase = .finished(exitCode: ExitCode.rankFailed)
             endAttempt()
             actions.append(.finish(exitCode: ExitCode.rankFailed))
@@ -238,7 +204,7 @@ public struct Coordinator: Sendable {
         let id = nextRoundID
         nextRoundID += 1
         for rank in ranks.indices {
-            ranks[rank].position = nil
+            ranks[rank].position = .notAnswered
             ranks[rank].confirmation = nil
         }
         positionCursor = 0
@@ -251,19 +217,29 @@ public struct Coordinator: Sendable {
     ) {
         var stop = Stop(round: newRound(.stop, trigger: trigger.description, now: now))
         stop.supersededStep = supersededStep
-        if case .signal = trigger { stop.lastSignalAt = now }
+        if case .quit(let signal) = trigger {
+            stop.hurry = 1
+            stop.forcedBy = signal
+        }
         phase = .stopping(stop)
         let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
         let plain = ranks.indices.filter { ranks[$0].isAlive && !ranks[$0].speaksProtocol }
         // The ring first: it reaches every rank at once, before anything else is written.
         if !speaking.isEmpty { actions.append(.ring(id: stop.round.id)) }
-        var line = "stop requested (\(trigger))"
-        if !speaking.isEmpty { line += "; asking \(speaking.count) rank(s) for their position" }
-        if !plain.isEmpty { line += "; SIGTERM to \(plain.count) rank(s) that do not speak the protocol" }
-        actions.append(.report(line + "; grace \(format(policy.grace))s"))
+        actions.append(.report(.stopRequested(trigger, asking: speaking.count, terminating: plain.count, grace: policy.grace)))
         if !speaking.isEmpty && !plain.isEmpty {
             // A record must never name a step some rank did not save: a mixed gang cannot commit.
-            actions.append(.report("warning: rank(s) \(plain.map(String.init).joined(separator: ", ")) never said hello (not using the client, or not started yet): nothing will be committed"))
+            actions.append(.report(.mixedGang(neverSaidHello: plain)))
+        }
+        if ranks.contains(where: \.speaksProtocol) {
+            let ended = ranks.indices.compactMap { rank in
+                ranks[rank].exit.map { Problem.Ended(rank: rank, status: $0) }
+            }
+            if !ended.isEmpty {
+                for end in ended { ranks[end.rank].note = .endedBeforeStop }
+                addProblem(.endedBeforeStop(ended))
+                actions.append(.report(.stopProblem(.endedBeforeStop(ended))))
+            }
         }
         for rank in speaking {
             actions.append(.send(rank: rank, .stop(id: stop.round.id, trigger: trigger.description)))
@@ -273,23 +249,33 @@ public struct Coordinator: Sendable {
             setTerminated(rank, killAt: now + policy.grace)
             actions.append(.signal(rank: rank, SignalNumber.terminate))
         }
-        if speaking.isEmpty { decide(into: &actions) }
+        if case .quit = trigger {
+            // Protocol ranks still got `stop`: one fast enough can confirm before the SIGTERM ends it.
+            actions.append(.report(.escalated(trigger, .terminate(killAfter: policy.killAfter))))
+            terminateLiving(now: now, into: &actions)
+        }
+        if speaking.isEmpty { decide(now: now, into: &actions) }
     }
 
-    private mutating func startCheckpoint(trigger: String, now: Instant, into actions: inout [CoordinatorAction]) {
+    private mutating func startCheckpoint(
+        trigger: String, periodic: Bool, now: Instant, into actions: inout [CoordinatorAction]
+    ) {
         let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
         let absent = ranks.indices.filter { !ranks[$0].isAlive || !ranks[$0].speaksProtocol }
         guard absent.isEmpty else {
             // Every rank must save the same step, or the record would name a step some rank lacks.
-            let names = absent.map(String.init).joined(separator: ", ")
-            actions.append(.report("checkpoint (\(trigger)) skipped: rank(s) \(names) ended or have not said hello"))
+            if !periodic || reportedSkip != absent {
+                actions.append(.report(.checkpointSkipped(trigger: trigger, absent: absent)))
+            }
+            if periodic { reportedSkip = absent }
             if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
             return
         }
+        reportedSkip = nil
         let round = newRound(.checkpoint, trigger: trigger, now: now)
         phase = .running(checkpoint: round)
         actions.append(.ring(id: round.id))
-        actions.append(.report("checkpoint requested (\(trigger)); asking \(speaking.count) rank(s) for their position"))
+        actions.append(.report(.checkpointRequested(trigger: trigger, asking: speaking.count)))
         for rank in speaking {
             actions.append(.send(rank: rank, .checkpoint(id: round.id, trigger: trigger)))
         }
@@ -301,10 +287,21 @@ public struct Coordinator: Sendable {
         rank: Int, id: Int, step: Int?, now: Instant, into actions: inout [CoordinatorAction]
     ) {
         guard let round = currentRound, round.id == id, ranks[rank].speaksProtocol,
-              case .aligning = round.target, ranks[rank].position == nil
+              case .aligning = round.target, ranks[rank].position == .notAnswered
         else { return }
-        ranks[rank].position = .some(step)
-        if !isWaitingForPositions { decide(into: &actions) }
+        if let step {
+            if step.addingReportingOverflow(1).overflow {
+                // No stop step can follow it; the message layer refuses such steps before they get here.
+                ranks[rank].position = .unusable(step)
+                ranks[rank].note = .answeredUnusablePosition
+                roundFailed(.unusablePosition(rank: rank, step: step), now: now, into: &actions)
+            } else {
+                ranks[rank].position = .step(step)
+            }
+        } else {
+            ranks[rank].position = .noBoundary
+        }
+        if !isWaitingForPositions { decide(now: now, into: &actions) }
     }
 
     /// Whether some living rank that speaks the protocol has not answered yet; amortised O(1).
@@ -312,25 +309,30 @@ public struct Coordinator: Sendable {
         mutating get {
             while positionCursor < ranks.count {
                 let rank = ranks[positionCursor]
-                if rank.isAlive && rank.speaksProtocol && rank.position == nil { return true }
+                if rank.isAlive && rank.speaksProtocol && rank.position == .notAnswered { return true }
                 positionCursor += 1
             }
             return false
         }
     }
 
+    /// The usable positions answered to the current request.
+    private var answeredSteps: [Int] {
+        ranks.compactMap { if case .step(let step) = $0.position { step } else { nil } }
+    }
+
     /// T = 1 + the largest position answered; `nil` when no rank has passed a boundary.
-    private mutating func decide(into actions: inout [CoordinatorAction]) {
+    private mutating func decide(now: Instant, into actions: inout [CoordinatorAction]) {
         guard var round = currentRound, case .aligning = round.target else { return }
-        let answered = ranks.compactMap { $0.position.flatMap { $0 } }
+        let answered = answeredSteps
+        // Positions that would overflow were set aside when they arrived.
         let step = answered.max().map { $0 + 1 }
         round.target = .decided(step)
         currentRound = round
-        let noun = round.kind == .stop ? "stop" : "checkpoint"
         for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
-            if ranks[rank].position == nil {
-                ranks[rank].note = "did not answer in time"
-                actions.append(.report("warning: rank \(rank) did not report its position within \(format(policy.alignTimeout))s"))
+            if ranks[rank].position == .notAnswered {
+                ranks[rank].note = .didNotAnswerInTime
+                actions.append(.report(.noAnswer(rank: rank, within: policy.alignTimeout)))
             }
             let message: CoordinatorMessage = round.kind == .stop
                 ? .stopAt(id: round.id, step: step) : .checkpointAt(id: round.id, step: step)
@@ -338,12 +340,12 @@ public struct Coordinator: Sendable {
         }
         if ranks.contains(where: \.speaksProtocol) {
             if let step, let low = answered.min(), let high = answered.max() {
-                actions.append(.report("\(noun) step \(step) (ranks were at steps \(low)...\(high))"))
+                actions.append(.report(.stepChosen(round.kind, step: step, lowest: low, highest: high)))
             } else {
-                actions.append(.report("\(noun) at each rank's next step boundary (no rank had reached one)"))
+                actions.append(.report(.stepAtNextBoundary(round.kind)))
             }
         }
-        requestCommitIfComplete(into: &actions)
+        requestCommitIfComplete(now: now, into: &actions)
     }
 
     private mutating func receiveConfirmation(
@@ -354,32 +356,32 @@ public struct Coordinator: Sendable {
         }
         if currentRound == nil, abandonedStep == step { return }
         guard let round = currentRound, case .decided(let expected) = round.target, ranks[rank].speaksProtocol else {
-            actions.append(.report("warning: rank \(rank) confirmed step \(step) while no stop or checkpoint step was set; ignored"))
+            actions.append(.report(.unsolicitedConfirmation(rank: rank, step: step)))
             return
         }
         if let earlier = ranks[rank].confirmation {
-            actions.append(.report("warning: rank \(rank) confirmed again (step \(step), first step \(earlier.step)); ignored"))
+            actions.append(.report(.repeatedConfirmation(rank: rank, step: step, first: earlier.step)))
             return
         }
-        if let expected, step != expected {
-            let problem = step > expected
-                ? "rank \(rank) passed the \(round.kind == .stop ? "stop" : "checkpoint") step \(expected): it checkpointed step \(step)"
-                : "rank \(rank) checkpointed step \(step), before the \(round.kind == .stop ? "stop" : "checkpoint") step \(expected)"
-            if round.kind == .stop {
-                ranks[rank].note = step > expected ? "passed stop step \(expected)" : "stopped early"
-                addProblem(problem)
-                actions.append(.report("error: \(problem); nothing will be committed"))
-            } else {
-                abandonCheckpoint("\(problem)", now: now, into: &actions)
-            }
+        if now >= round.requestedAt + policy.grace {
+            // The deadline is part of the promise: what arrives after it can no longer be committed.
+            ranks[rank].note = .confirmedAfterDeadline
+            actions.append(.report(.lateConfirmation(rank: rank, step: step, grace: policy.grace)))
             return
         }
         ranks[rank].confirmation = .init(step: step, path: path)
-        requestCommitIfComplete(into: &actions)
+        if let expected, step != expected {
+            if round.kind == .stop {
+                ranks[rank].note = step > expected ? .passedStopStep(expected) : .stoppedBeforeStopStep(expected)
+            }
+            roundFailed(.wrongStep(rank: rank, kind: round.kind, expected: expected, confirmed: step), now: now, into: &actions)
+            return
+        }
+        requestCommitIfComplete(now: now, into: &actions)
     }
 
-    private mutating func requestCommitIfComplete(into actions: inout [CoordinatorAction]) {
-        guard var round = currentRound, case .decided = round.target, !round.commitRequested,
+    private mutating func requestCommitIfComplete(now: Instant, into actions: inout [CoordinatorAction]) {
+        guard var round = currentRound, case .decided = round.target, round.commit == .notRequested,
               round.problems.isEmpty, ranks.contains(where: \.speaksProtocol)
         else { return }
         while confirmationCursor < ranks.count {
@@ -387,20 +389,22 @@ public struct Coordinator: Sendable {
             confirmationCursor += 1
         }
         let steps = ranks.compactMap(\.confirmation?.step)
-        guard let step = steps.first, steps.allSatisfy({ $0 == step }) else { return }
-        round.commitRequested = true
+        guard let low = steps.min(), let high = steps.max() else { return }
+        guard low == high else {
+            roundFailed(.differentSteps(lowest: low, highest: high), now: now, into: &actions)
+            return
+        }
+        round.commit = .pending(step: low)
         currentRound = round
-        actions.append(.commit(step: step, paths: ranks.map { $0.confirmation?.path }, trigger: round.trigger))
+        actions.append(.commit(step: low, paths: ranks.map { $0.confirmation?.path }, trigger: round.trigger))
     }
 
     private mutating func commitWritten(now: Instant, into actions: inout [CoordinatorAction]) {
-        guard var round = currentRound, round.commitRequested, round.committedStep == nil,
-              let step = ranks.compactMap(\.confirmation?.step).first
-        else { return }
-        round.committedStep = step
+        guard var round = currentRound, case .pending(let step) = round.commit else { return }
+        round.commit = .written(step: step)
         lastCommittedStep = step
         currentRound = round
-        actions.append(.report("committed step \(step)"))
+        actions.append(.report(.committed(step: step)))
         for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
             actions.append(.send(rank: rank, .committed(step: step)))
         }
@@ -408,21 +412,31 @@ public struct Coordinator: Sendable {
     }
 
     private mutating func commitFailed(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
-        guard let round = currentRound, round.commitRequested, round.committedStep == nil else { return }
-        if round.kind == .stop {
-            addProblem("the commit failed: \(reason)")
-            actions.append(.report("error: commit failed: \(reason); the previous record is untouched"))
-        } else {
-            abandonCheckpoint("the commit failed: \(reason)", now: now, into: &actions)
+        guard var round = currentRound, case .pending(let step) = round.commit else { return }
+        round.commit = .failed(step: step)
+        currentRound = round
+        roundFailed(.commitFailed(reason), now: now, into: &actions)
+    }
+
+    /// A problem of the current round: a stop records it and will commit nothing; a checkpoint round
+    /// is abandoned.
+    private mutating func roundFailed(_ problem: Problem, now: Instant, into actions: inout [CoordinatorAction]) {
+        guard let round = currentRound else { return }
+        switch round.kind {
+        case .stop:
+            addProblem(problem)
+            actions.append(.report(.stopProblem(problem)))
+        case .checkpoint:
+            abandonCheckpoint(problem, now: now, into: &actions)
         }
     }
 
-    private mutating func abandonCheckpoint(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
-        actions.append(.report("warning: checkpoint round abandoned: \(reason); the previous record stays, training goes on"))
+    private mutating func abandonCheckpoint(_ problem: Problem, now: Instant, into actions: inout [CoordinatorAction]) {
         guard case .running(.some(let round)) = phase else { return }
+        actions.append(.report(.checkpointAbandoned(problem)))
         if case .aligning = round.target {
             // Ranks that answered wait for the step at their next boundary: they must get one.
-            let step = ranks.compactMap { $0.position.flatMap { $0 } }.max().map { $0 + 1 }
+            let step = answeredSteps.max().map { $0 + 1 }
             for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
                 actions.append(.send(rank: rank, .checkpointAt(id: round.id, step: step)))
             }
@@ -458,33 +472,24 @@ public struct Coordinator: Sendable {
                 firstFailure = failure
                 attemptFailure = failure
                 phase = .failing(failure, stopRequested: false)
-                let living = ranks.indices.filter { ranks[$0].isAlive }
-                if living.isEmpty {
-                    actions.append(.report("rank \(rank) failed (\(status))"))
-                } else {
-                    actions.append(.report("rank \(rank) failed (\(status)); stopping the other \(living.count) rank(s) with SIGTERM"))
-                    terminateLiving(now: now, into: &actions)
-                }
+                actions.append(.report(.rankFailed(rank: rank, status, stopping: livingCount)))
+                terminateLiving(now: now, into: &actions)
                 return
             }
             if round != nil, ranks[rank].speaksProtocol, ranks[rank].confirmation == nil {
-                abandonCheckpoint("rank \(rank) ended during the round", now: now, into: &actions)
+                abandonCheckpoint(.endedBeforeConfirming(rank: rank, status), now: now, into: &actions)
             }
         case .stopping(let stop):
             if ranks[rank].speaksProtocol {
-                // A rank that confirmed, or whose wrong confirmation was already reported, changes nothing.
-                guard ranks[rank].confirmation == nil, ranks[rank].note == nil, stop.round.committedStep == nil else { return }
-                let problem = "rank \(rank) ended (\(status)) before confirming a checkpoint"
-                ranks[rank].note = "ended before confirming"
-                addProblem(problem)
-                actions.append(.report("error: \(problem); stopping the others"))
+                // A rank that confirmed (rightly or not) or missed the grace already had its say.
+                guard ranks[rank].confirmation == nil, !stop.graceExpired, stop.round.committedStep == nil else { return }
+                ranks[rank].note = .endedBeforeConfirming
+                roundFailed(.endedBeforeConfirming(rank: rank, status), now: now, into: &actions)
                 // Its peers are probably blocked in a collective with it: waiting for grace serves nothing.
                 terminateLiving(now: now, into: &actions)
             } else if !Self.stoppedCleanly(status) {
-                let problem = "rank \(rank) (no protocol) ended with \(status)"
-                ranks[rank].note = "did not stop cleanly"
-                addProblem(problem)
-                actions.append(.report("error: \(problem)"))
+                ranks[rank].note = .didNotStopCleanly
+                roundFailed(.didNotStopCleanly(rank: rank, status), now: now, into: &actions)
             }
         case .failing, .restarting, .finished:
             break
@@ -497,34 +502,26 @@ public struct Coordinator: Sendable {
         switch phase {
         case .running(let round):
             if let round {
-                if case .aligning(let deadline) = round.target, now >= deadline { decide(into: &actions) }
+                if case .aligning(let deadline) = round.target, now >= deadline { decide(now: now, into: &actions) }
                 if case .running(.some(let current)) = phase, now >= current.requestedAt + policy.grace {
                     let missing = ranks.indices.filter {
                         ranks[$0].isAlive && ranks[$0].speaksProtocol && ranks[$0].confirmation == nil
                     }
-                    abandonCheckpoint("rank(s) \(missing.map(String.init).joined(separator: ", ")) did not confirm within \(format(policy.grace))s", now: now, into: &actions)
+                    abandonCheckpoint(.notConfirmedInTime(ranks: missing, grace: policy.grace), now: now, into: &actions)
                 }
             } else if let due = nextCheckpointAt, now >= due {
                 nextCheckpointAt = nil
-                startCheckpoint(trigger: "periodic", now: now, into: &actions)
+                startCheckpoint(trigger: "periodic", periodic: true, now: now, into: &actions)
             }
         case .stopping(var stop):
             if case .aligning(let deadline) = stop.round.target, now >= deadline {
-                decide(into: &actions)
+                decide(now: now, into: &actions)
                 if case .stopping(let decided) = phase { stop = decided }
             }
             if !stop.graceExpired, now >= stop.round.requestedAt + policy.grace {
                 stop.graceExpired = true
                 phase = .stopping(stop)
-                let late = ranks.indices.filter { ranks[$0].isAlive }
-                if !late.isEmpty {
-                    let names = late.map(String.init).joined(separator: ", ")
-                    actions.append(.report("grace of \(format(policy.grace))s expired; rank(s) \(names) still running: SIGTERM, then SIGKILL in \(format(policy.killAfter))s"))
-                    for rank in late where ranks[rank].confirmation == nil && ranks[rank].note == nil {
-                        ranks[rank].note = "no confirmation before the deadline"
-                    }
-                    terminateLiving(now: now, into: &actions)
-                }
+                graceExpired(now: now, into: &actions)
             }
         case .restarting(.some(let resumeAt)) where now >= resumeAt:
             endAttempt()
@@ -552,6 +549,35 @@ public struct Coordinator: Sendable {
         }
     }
 
+    /// The stop's grace is over: nothing can be committed unless it already was asked for; ranks still
+    /// running are hurried.
+    private mutating func graceExpired(now: Instant, into actions: inout [CoordinatorAction]) {
+        let late = ranks.indices.filter { ranks[$0].isAlive }
+        let missing = late.filter { ranks[$0].speaksProtocol && ranks[$0].confirmation == nil }
+        for rank in missing { ranks[rank].note = .noConfirmationBeforeDeadline }
+        if case .stopping(let stop) = phase, stop.round.commit == .notRequested, !missing.isEmpty {
+            addProblem(.notConfirmedInTime(ranks: missing, grace: policy.grace))
+        }
+        guard !late.isEmpty else { return }
+        var terminated: [Int] = []
+        var killedNow: [Int] = []
+        var killedLater: [Int] = []
+        for rank in late {
+            switch ranks[rank].teardown {
+            case .none: terminated.append(rank)
+            case .terminated(let killAt) where killAt <= now: killedNow.append(rank)
+            case .terminated: killedLater.append(rank)
+            case .killed: break
+            }
+        }
+        if !(terminated.isEmpty && killedNow.isEmpty && killedLater.isEmpty) {
+            actions.append(.report(.graceExpired(.init(
+                grace: policy.grace, killAfter: policy.killAfter,
+                terminated: terminated, killedNow: killedNow, killedLater: killedLater))))
+        }
+        terminateLiving(now: now, into: &actions)
+    }
+
     private mutating func finishIfDone(now: Instant, into actions: inout [CoordinatorAction]) {
         guard livingCount == 0 else { return }
         let code: Int32
@@ -561,17 +587,17 @@ public struct Coordinator: Sendable {
         case .failing(let failure, let stopRequested):
             if !stopRequested && restarts < policy.maxRestarts {
                 phase = .restarting(resumeAt: nil)
-                actions.append(.report("rank \(failure.rank) failed (\(failure.status)); clearing the gang before restart \(restarts + 1) of \(policy.maxRestarts)"))
+                actions.append(.report(.clearingBeforeRestart(failure, restart: restarts + 1, maxRestarts: policy.maxRestarts)))
                 actions.append(.awaitGangExit)
                 return
             }
             if restarts > 0 {
-                actions.append(.report("giving up after \(restarts) restart(s) (--max-restarts \(policy.maxRestarts))"))
+                actions.append(.report(.givingUp(restarts: restarts, maxRestarts: policy.maxRestarts)))
             }
             code = ExitCode.rankFailed
         case .stopping(let stop):
             // A commit asked for is waiting on the disk: the exit code depends on it.
-            if stop.round.commitRequested && stop.round.committedStep == nil && stop.round.problems.isEmpty { return }
+            if case .pending = stop.round.commit { return }
             if stop.round.committedStep != nil {
                 code = 0
             } else if let signal = stop.forcedBy {
@@ -638,7 +664,7 @@ public struct Coordinator: Sendable {
             switch phase {
             case .running(let round): return round
             case .stopping(let stop): return stop.round
-            default: return nil
+            case .failing, .restarting, .finished: return nil
             }
         }
         set {
@@ -648,19 +674,14 @@ public struct Coordinator: Sendable {
             case .stopping(var stop):
                 stop.round = newValue
                 phase = .stopping(stop)
-            default: break
+            case .running(.none), .failing, .restarting, .finished: break
             }
         }
     }
 
-    private mutating func addProblem(_ problem: String) {
+    private mutating func addProblem(_ problem: Problem) {
         guard var round = currentRound else { return }
         round.problems.append(problem)
         currentRound = round
     }
-}
-
-/// Seconds for messages: "30" rather than "30.0", "0.5" kept.
-func format(_ seconds: Double) -> String {
-    Int(exactly: seconds).map(String.init) ?? String(seconds)
 }

@@ -12,7 +12,7 @@ public enum CoordinatorEvent: Equatable, Sendable {
     case checkpointed(rank: Int, step: Int, path: String?)
     /// The rank's process (the group leader) ended.
     case exited(rank: Int, ExitStatus)
-    /// A stop trigger arrived: a signal, or the control file's flag.
+    /// A stop trigger arrived: a signal (a quit among them), or the control file's flag.
     case trigger(Trigger)
     /// A checkpoint without stopping was asked for (SIGUSR2).
     case requestCheckpoint(String)
@@ -44,8 +44,8 @@ public enum CoordinatorAction: Equatable, Sendable {
     case awaitGangExit
     /// Spawn every rank again, from the last committed checkpoint, as restart number `restart`.
     case launch(restart: Int)
-    /// One line for the console.
-    case report(String)
+    /// One line for the console (its `description`).
+    case report(Report)
     /// Every rank has ended: exit with this code.
     case finish(exitCode: Int32)
 }

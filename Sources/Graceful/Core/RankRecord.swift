@@ -8,6 +8,33 @@ public struct RankRecord: Equatable, Sendable {
         case killed
     }
 
+    /// The rank's answer to the current request.
+    public enum Position: Equatable, Sendable {
+        case notAnswered
+        /// The rank had not reached a step boundary yet.
+        case noBoundary
+        case step(Int)
+        /// The largest `Int`: no step can follow it, so the answer takes no part in the choice.
+        case unusable(Int)
+    }
+
+    /// What the summary must say about the rank; `Report.swift` words it.
+    public enum Note: Equatable, Sendable {
+        /// It confirmed a step past the stop step.
+        case passedStopStep(Int)
+        /// It confirmed a step before the stop step.
+        case stoppedBeforeStopStep(Int)
+        case didNotAnswerInTime
+        case answeredUnusablePosition
+        case noConfirmationBeforeDeadline
+        case confirmedAfterDeadline
+        case endedBeforeConfirming
+        /// It had ended before the stop was requested.
+        case endedBeforeStop
+        /// A rank that does not speak the protocol ended otherwise than with 0 or on SIGTERM.
+        case didNotStopCleanly
+    }
+
     /// A rank's confirmation of its checkpoint.
     public struct Confirmation: Equatable, Sendable {
         public var step: Int
@@ -16,14 +43,12 @@ public struct RankRecord: Equatable, Sendable {
 
     /// The rank said hello before the stop was requested.
     public internal(set) var speaksProtocol = false
-    /// The answer to the current request: `.some(nil)` means "no boundary yet".
-    public internal(set) var position: Int??
-    /// The confirmation for the current (or last) request.
+    public internal(set) var position: Position = .notAnswered
+    /// The first confirmation for the current (or last) request, whether or not of the round's step.
     public internal(set) var confirmation: Confirmation?
     public internal(set) var exit: ExitStatus?
     public internal(set) var teardown: Teardown = .none
-    /// Something the summary must say about this rank (passed the stop step, did not answer, ...).
-    public internal(set) var note: String?
+    public internal(set) var note: Note?
 
     public var isAlive: Bool { exit == nil }
 }

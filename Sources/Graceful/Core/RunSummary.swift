@@ -10,7 +10,7 @@ public enum RunSummary {
                 rank.exit.map(describe) ?? "running",
                 rank.confirmation.map { String($0.step) } ?? (rank.speaksProtocol ? "-" : "n/a"),
                 rank.confirmation?.path ?? "-",
-                rank.note ?? "",
+                rank.note.map { "\($0)" } ?? "",
             ])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }

@@ -3,6 +3,8 @@
 public enum SignalNumber {
     public static let hangup: Int32 = 1
     public static let interrupt: Int32 = 2
+    public static let quit: Int32 = 3
+    public static let abort: Int32 = 6
     public static let kill: Int32 = 9
     public static let user1: Int32 = 10
     public static let terminate: Int32 = 15
@@ -12,9 +14,9 @@ public enum SignalNumber {
         switch signal {
         case hangup: return "SIGHUP"
         case interrupt: return "SIGINT"
-        case 3: return "SIGQUIT"
+        case quit: return "SIGQUIT"
         case 4: return "SIGILL"
-        case 6: return "SIGABRT"
+        case abort: return "SIGABRT"
         case 7: return "SIGBUS"
         case 8: return "SIGFPE"
         case kill: return "SIGKILL"
@@ -31,31 +33,31 @@ public enum SignalNumber {
 
 /// What asked for a stop.
 public enum Trigger: Equatable, Sendable, CustomStringConvertible {
-    /// SIGINT, SIGTERM, SIGUSR1 or SIGHUP reached the coordinator.
+    /// SIGINT, SIGTERM, SIGUSR1 or SIGHUP reached the coordinator: a graceful stop.
     case signal(Int32)
+    /// SIGQUIT or SIGABRT reached the coordinator: quit now (a stop whose ranks get SIGTERM at once).
+    case quit(Int32)
     /// The control file's flag became 1.
     case controlFile
 
+    /// The signal, for the debounce and the exit code 128+N; nil for the control file.
+    public var signalNumber: Int32? {
+        switch self {
+        case .signal(let number), .quit(let number): return number
+        case .controlFile: return nil
+        }
+    }
+
     /// The name used on the wire, in the commit record and on the console.
     public var description: String {
-        switch self {
-        case .signal(let number): return SignalNumber.name(number)
-        case .controlFile: return "control-file"
-        }
+        signalNumber.map(SignalNumber.name) ?? "control-file"
     }
 }
 
 /// How a rank process ended.
-public enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
+public enum ExitStatus: Equatable, Sendable {
     case exited(Int32)
     case signaled(Int32)
 
     public var isSuccess: Bool { self == .exited(0) }
-
-    public var description: String {
-        switch self {
-        case .exited(let code): return "exit code \(code)"
-        case .signaled(let signal): return "killed by \(SignalNumber.name(signal))"
-        }
-    }
 }

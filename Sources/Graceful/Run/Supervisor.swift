@@ -40,6 +40,8 @@ public final class Supervisor {
     private var signals: SignalPipe!
     private var watcher: ControlFileWatcher!
     private var reportedLostLogs: Set<Int> = []
+    /// The control file requested a stop during the run (in any phase): its flag is reset at the end.
+    private var controlFileAskedToStop = false
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
@@ -167,6 +169,7 @@ public final class Supervisor {
                 controlFileChanged = watcher.changedSinceLastCheck() || controlFileChanged
             }
             if controlFileChanged && watcher.evaluate(warn: console.report) {
+                controlFileAskedToStop = true
                 apply(coordinator.handle(.trigger(.controlFile), now: monotonicNow()))
             }
             if signalsReady { handleSignals() }
@@ -198,7 +201,7 @@ public final class Supervisor {
             case SIGUSR2:
                 apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: monotonicNow()))
             case _ where SignalPipe.quitSignals.contains(signal):
-                apply(coordinator.handle(.trigger(.signal(signal)), now: monotonicNow()))
+                apply(coordinator.handle(.trigger(.quit(signal)), now: monotonicNow()))
             case _ where signals.stopSignals.contains(signal):
                 apply(coordinator.handle(.trigger(.signal(signal)), now: monotonicNow()))
             default:
@@ -445,7 +448,7 @@ public final class Supervisor {
             runDirectory: preflight.runDirectory, exitCode: code, droppedConsoleLines: console.droppedLines)
         let lines = report.lines
         lines.dropLast().forEach(console.report)
-        if Optional<Trigger>.none == .controlFile { resetControlFile() }
+        if controlFileAskedToStop { resetControlFile() }
         lines.last.map(console.report)
         for io in ranks { io.close(loop: loop) }
         if let doorbell {

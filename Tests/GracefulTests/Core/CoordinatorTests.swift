@@ -90,7 +90,7 @@ import Testing
         #expect(sends(machine.handle(.tick, now: t0 + 1.9)).isEmpty)
         let late = machine.handle(.tick, now: t0 + 2)
         #expect(sends(late) == [0: .stopAt(id: 1, step: 13), 1: .stopAt(id: 1, step: 13)])
-        #expect(machine.ranks[1].note == "did not answer in time")
+        #expect(machine.ranks[1].note == .didNotAnswerInTime)
     }
 
     @Test func commitsOnlyWhenEveryRankConfirmedTheStopStep() {
@@ -114,17 +114,19 @@ import Testing
         _ = machine.handle(.position(rank: 0, id: 1, step: 4), now: t0)
         _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
         let passed = machine.handle(.checkpointed(rank: 1, step: 7, path: "b"), now: t0)
-        #expect(passed.contains(.report("error: rank 1 passed the stop step 5: it checkpointed step 7; nothing will be committed")))
+        #expect(passed.contains(.report(.stopProblem(.wrongStep(rank: 1, kind: .stop, expected: 5, confirmed: 7)))))
+        #expect("\(Report.stopProblem(.wrongStep(rank: 1, kind: .stop, expected: 5, confirmed: 7)))"
+            == "error: rank 1 passed the stop step 5: it checkpointed step 7; nothing will be committed")
         #expect(commits(machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0)).isEmpty)
         _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0)
         #expect(finish(machine.handle(.exited(rank: 1, .exited(0)), now: t0)) == ExitCode.notCommitted)
-        #expect(machine.ranks[1].note == "passed stop step 5")
+        #expect(machine.ranks[1].note == .passedStopStep(5))
     }
 
     @Test func duplicateAndUnsolicitedConfirmationsAreIgnored() {
         var machine = coordinator(ranks: 2, speaking: [0, 1])
         let early = machine.handle(.checkpointed(rank: 0, step: 3, path: "x"), now: t0)
-        #expect(early.contains(.report("warning: rank 0 confirmed step 3 while no stop or checkpoint step was set; ignored")))
+        #expect(early.contains(.report(.unsolicitedConfirmation(rank: 0, step: 3))))
         _ = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
         _ = machine.handle(.position(rank: 0, id: 1, step: 4), now: t0)
         _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
@@ -144,7 +146,7 @@ import Testing
         #expect(machine.nextDeadline == t0 + 30)
         #expect(signals(machine.handle(.tick, now: t0 + 29.9)).isEmpty)
         #expect(signals(machine.handle(.tick, now: t0 + 30)) == [1: SignalNumber.terminate])
-        #expect(machine.ranks[1].note == "no confirmation before the deadline")
+        #expect(machine.ranks[1].note == .noConfirmationBeforeDeadline)
         #expect(machine.nextDeadline == t0 + 40)
         #expect(signals(machine.handle(.tick, now: t0 + 39)).isEmpty)
         #expect(signals(machine.handle(.tick, now: t0 + 40)) == [1: SignalNumber.kill])
@@ -380,7 +382,9 @@ import Testing
         _ = machine.handle(.checkpointed(rank: 0, step: 12, path: "a"), now: t0 + 1)
         let late = machine.handle(.tick, now: t0 + 30)
         #expect(signals(late).isEmpty && commits(late).isEmpty)
-        #expect(late.contains(.report("warning: checkpoint round abandoned: rank(s) 1 did not confirm within 30s; the previous record stays, training goes on")))
+        #expect(late.contains(.report(.checkpointAbandoned(.notConfirmedInTime(ranks: [1], grace: 30)))))
+        #expect("\(Report.checkpointAbandoned(.notConfirmedInTime(ranks: [1], grace: 30)))"
+            == "warning: checkpoint round abandoned: rank(s) 1 did not confirm within 30s; the previous record stays, training goes on")
         #expect(machine.phase == .running(checkpoint: nil))
     }
 
@@ -420,5 +424,122 @@ import Testing
         #expect(sends(ended) == [1: .checkpointAt(id: 1, step: 150)])
         #expect(machine.phase == .running(checkpoint: nil))
         #expect(machine.handle(.checkpointed(rank: 1, step: 150, path: "b"), now: t0).isEmpty)
+    }
+
+    // MARK: Defects the property test found, and the newer rules
+
+    @Test func aControlFileStopDuringAFailedGangsTeardownForbidsTheRestart() {
+        var machine = Coordinator(rankCount: 2, policy: StopPolicy(maxRestarts: 5))
+        _ = machine.handle(.exited(rank: 1, .exited(9)), now: t0)
+        let stop = machine.handle(.trigger(.controlFile), now: t0)
+        #expect(stop.contains(.report(.restartForbidden(.controlFile))))
+        #expect(machine.stopTrigger == .controlFile)
+        let end = machine.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0)
+        #expect(finish(end) == ExitCode.rankFailed && !end.contains(.awaitGangExit))
+    }
+
+    @Test func aLongSignalStormIsOneStopAndAPauseThenEscalates() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        var actions: [CoordinatorAction] = []
+        for index in 0..<100 {
+            actions += machine.handle(.trigger(.signal(SignalNumber.terminate)), now: t0 + Double(index) * 0.017)
+        }
+        #expect(signals(actions).isEmpty, "each signal came within the debounce of the previous one")
+        let deliberate = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0 + 99 * 0.017 + 0.25)
+        #expect(signals(deliberate) == [0: SignalNumber.terminate, 1: SignalNumber.terminate])
+        #expect(machine.stopTrigger == .signal(SignalNumber.terminate))
+    }
+
+    @Test func theLargestPositionIsSetAsideInsteadOfOverflowing() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.trigger(.controlFile), now: t0)
+        let huge = machine.handle(.position(rank: 0, id: 1, step: Int.max), now: t0)
+        #expect(huge.contains(.report(.stopProblem(.unusablePosition(rank: 0, step: Int.max)))))
+        #expect(machine.ranks[0].position == .unusable(Int.max))
+        let decided = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
+        #expect(sends(decided) == [0: .stopAt(id: 1, step: 5), 1: .stopAt(id: 1, step: 5)])
+        _ = machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0)
+        #expect(commits(machine.handle(.checkpointed(rank: 1, step: 5, path: "b"), now: t0)).isEmpty)
+    }
+
+    @Test func aConfirmationAfterTheGraceIsNotCommitted() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
+        _ = machine.handle(.position(rank: 0, id: 1, step: 4), now: t0)
+        _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
+        _ = machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0 + 1)
+        _ = machine.handle(.tick, now: t0 + 30)
+        let late = machine.handle(.checkpointed(rank: 1, step: 5, path: "b"), now: t0 + 31)
+        #expect(commits(late).isEmpty)
+        #expect(late.contains(.report(.lateConfirmation(rank: 1, step: 5, grace: 30))))
+        #expect(machine.ranks[1].note == .confirmedAfterDeadline)
+        _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0 + 31)
+        #expect(finish(machine.handle(.exited(rank: 1, .exited(0)), now: t0 + 31)) == ExitCode.notCommitted)
+    }
+
+    @Test func aRankThatEndedBeforeTheStopIsNamedAtTheStop() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.exited(rank: 1, .exited(0)), now: t0)
+        let stop = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
+        let ended = Problem.endedBeforeStop([.init(rank: 1, status: .exited(0))])
+        #expect(stop.contains(.report(.stopProblem(ended))))
+        #expect("\(Report.stopProblem(ended))".contains("rank 1 (exit code 0) had already ended"))
+        #expect(machine.ranks[1].note == .endedBeforeStop)
+    }
+
+    @Test func aSkippedPeriodicCheckpointIsReportedOnce() {
+        var machine = Coordinator(rankCount: 2, policy: StopPolicy(checkpointEvery: 0.1))
+        _ = machine.handle(.launched, now: t0)
+        var skips = 0
+        for index in 1...20 {
+            for case .report(.checkpointSkipped) in machine.handle(.tick, now: t0 + Double(index) * 0.1) { skips += 1 }
+        }
+        #expect(skips == 1)
+        _ = machine.handle(.hello(rank: 0), now: t0 + 2.01)
+        let changed = machine.handle(.tick, now: t0 + 2.2)
+        #expect(changed.contains(.report(.checkpointSkipped(trigger: "periodic", absent: [1]))))
+    }
+
+    @Test func aQuitTerminatesEveryRankAtOnceYetAFastCommitStillWins() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        let quit = machine.handle(.trigger(.quit(SignalNumber.quit)), now: t0)
+        #expect(sends(quit) == [0: .stop(id: 1, trigger: "SIGQUIT"), 1: .stop(id: 1, trigger: "SIGQUIT")])
+        #expect(signals(quit) == [0: SignalNumber.terminate, 1: SignalNumber.terminate])
+        #expect(machine.nextDeadline == t0 + 2, "the alignment timeout; SIGKILL follows at killAfter")
+        _ = machine.handle(.position(rank: 0, id: 1, step: 4), now: t0)
+        _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
+        _ = machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0)
+        #expect(commits(machine.handle(.checkpointed(rank: 1, step: 5, path: "b"), now: t0)) == [5])
+        _ = machine.handle(.commitWritten, now: t0)
+        _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0)
+        #expect(finish(machine.handle(.exited(rank: 1, .exited(0)), now: t0)) == 0)
+
+        var slow = coordinator(ranks: 1, speaking: [0])
+        _ = slow.handle(.trigger(.quit(SignalNumber.abort)), now: t0)
+        #expect(signals(slow.handle(.tick, now: t0 + 10)) == [0: SignalNumber.kill])
+        #expect(finish(slow.handle(.exited(rank: 0, .signaled(SignalNumber.kill)), now: t0 + 10)) == 128 + SignalNumber.abort)
+    }
+
+    @Test func aQuitDuringAStopKillsAtOnce() {
+        var machine = coordinator(ranks: 2, speaking: [0, 1])
+        _ = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
+        #expect(signals(machine.handle(.trigger(.quit(SignalNumber.quit)), now: t0 + 0.1)).isEmpty, "within the debounce")
+        let quit = machine.handle(.trigger(.quit(SignalNumber.quit)), now: t0 + 0.5)
+        #expect(signals(quit) == [0: SignalNumber.kill, 1: SignalNumber.kill])
+    }
+
+    @Test func theGraceExpiryTellsWhatReallyHappens() {
+        var machine = coordinator(ranks: 2, speaking: [0])
+        _ = machine.handle(.trigger(.controlFile), now: t0)
+        let expiry = machine.handle(.tick, now: t0 + 30)
+        #expect(signals(expiry) == [0: SignalNumber.terminate, 1: SignalNumber.kill])
+        let report = Report.graceExpired(.init(grace: 30, killAfter: 10, terminated: [0], killedNow: [1], killedLater: []))
+        #expect(expiry.contains(.report(report)))
+        #expect("\(report)" == "grace of 30s expired; rank(s) 0, 1 still running: SIGTERM now, SIGKILL in 10s to rank(s) 0; SIGKILL now to rank(s) 1, which had SIGTERM at the stop")
+    }
+
+    @Test func theChosenStepSaysWhereTheRanksWere() {
+        #expect("\(Report.stepChosen(.stop, step: 503, lowest: 502, highest: 502))" == "stop step 503 (every rank was at step 502)")
+        #expect("\(Report.stepChosen(.checkpoint, step: 503, lowest: 500, highest: 502))" == "checkpoint step 503 (ranks were at steps 500 to 502)")
     }
 }

@@ -1,0 +1,372 @@
+import Foundation
+import GracefulProtocol
+import Testing
+
+@testable import Graceful
+
+/// Random walks of events through the coordinator, against a model of the process layer, checking
+/// every guarantee documented on `Coordinator` after every step.
+///
+/// `GRACEFUL_PROPERTY_RUNS` sets the number of walks; `GRACEFUL_PROPERTY_SEED` replays one walk (the
+/// seed a failure prints).
+@Suite struct CoordinatorPropertyTests {
+    @Test func randomWalksKeepEveryGuarantee() {
+        let environment = ProcessInfo.processInfo.environment
+        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
+        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 3000 : 1)
+        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
+        for run in 0..<runs {
+            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+            var walk = Walk(seed: seed)
+            do {
+                try walk.run()
+            } catch {
+                Issue.record("\(error.message)\nreplay with GRACEFUL_PROPERTY_SEED=\(seed)\n\(walk.trace.suffix(60).joined(separator: "\n"))")
+                return
+            }
+        }
+    }
+}
+
+struct Violation: Error {
+    let message: String
+}
+
+/// One random run: the coordinator, and a faithful model of ranks and of the process layer around it.
+struct Walk {
+    var random: SeededGenerator
+    let policy: StopPolicy
+    let rankCount: Int
+    var machine: Coordinator
+    var now = Instant.seconds(1000)
+    var trace: [String] = []
+
+    // The process layer.
+    var alive: [Bool]
+    var exits: [Graceful.ExitStatus?]
+    var saidHello: [Bool]
+    /// How a signalled rank is about to end; delivered at a random later step.
+    var pendingDeath: [Graceful.ExitStatus?]
+    var pendingCommits: [(step: Int, kind: RoundKind)] = []
+    var pendingGangGone = false
+    var pendingLaunched = false
+    var gangGoneGiven = false
+    var pathCounter = 0
+
+    // What the guarantees are checked against.
+    enum RoundKind { case stop, checkpoint }
+    struct Round {
+        var id: Int?
+        var kind: RoundKind
+        var startedAt: Instant
+        var helloBefore: [Bool]
+        var step: Int??
+        var confirmations: [[(step: Int, path: String)]]
+        var commitAsked = false
+    }
+    var round: Round?
+    var triggerReceived = false
+    var attemptFailed = false
+    var helloBeforeStop: [Bool]?
+    var lastStopSignalAt: Instant?
+    var forcedBy: Int32?
+    var stopCommitted = false
+    var launches = 0
+    var finished = false
+
+    init(seed: UInt64) {
+        random = SeededGenerator(seed: seed)
+        rankCount = Int.random(in: 1...4, using: &random)
+        policy = StopPolicy(
+            grace: random.pick([0.5, 1, 2, 5]),
+            killAfter: random.pick([0.1, 0.5, 1, 2]),
+            alignTimeout: random.pick([0.1, 0.5, 1]),
+            maxRestarts: Int.random(in: 0...2, using: &random),
+            restartBackoff: random.pick([0.1, 0.5, 1]),
+            checkpointEvery: random.chance(0.3) ? random.pick([0.2, 1, 3]) : nil)
+        machine = Coordinator(rankCount: rankCount, policy: policy, resumedStep: random.chance(0.3) ? 40 : nil)
+        alive = Array(repeating: true, count: rankCount)
+        exits = Array(repeating: nil, count: rankCount)
+        saidHello = Array(repeating: false, count: rankCount)
+        pendingDeath = Array(repeating: nil, count: rankCount)
+        trace.append("\(rankCount) rank(s), \(policy)")
+    }
+
+    mutating func run() throws(Violation) {
+        try send(.launched)
+        for _ in 0..<Int.random(in: 0...80, using: &random) where !finished {
+            try randomStep()
+        }
+        var steps = 0
+        while !finished {
+            steps += 1
+            guard steps < 2000 else { throw Violation(message: "liveness: the run did not finish") }
+            try drainStep()
+        }
+        for event in [CoordinatorEvent.tick, .trigger(.signal(SignalNumber.interrupt)), .exited(rank: 0, .exited(0))] {
+            now = now + 100
+            let actions = machine.handle(event, now: now)
+            try expect(actions.isEmpty, "actions after finish: \(actions)")
+        }
+    }
+
+    // MARK: Steps
+
+    var living: [Int] { (0..<rankCount).filter { alive[$0] } }
+
+    /// Whether a trigger now starts a stop (rather than escalating one or cancelling a restart).
+    var running: Bool { !triggerReceived && !attemptFailed }
+
+    mutating func randomStep() throws(Violation) {
+        if random.chance(0.3) { now = now + Double.random(in: 0...0.4, using: &random) }
+        let choice = Int.random(in: 0..<100, using: &random)
+        switch choice {
+        case 0..<20:
+            now = now + random.pick([0, 0.05, 0.2, 0.3, 1, policy.grace])
+            try send(.tick)
+        case 20..<25:
+            if let deadline = machine.nextDeadline, deadline > now { now = deadline }
+            try send(.tick)
+        case 25..<33:
+            if let rank = living.filter({ !saidHello[$0] }).randomElement(using: &random) { try send(.hello(rank: rank)) }
+        case 33..<45:
+            if let rank = living.randomElement(using: &random) {
+                let id = (round?.id ?? 1) + random.pick([0, 0, 0, -1, 1])
+                let step: Int? = random.chance(0.2) ? nil : randomStepNumber(near: random.chance(0.5) ? 10 : 1000)
+                try send(.position(rank: rank, id: id, step: step))
+            }
+        case 45..<60:
+            if let rank = living.randomElement(using: &random) {
+                let decided = round?.step.flatMap { $0 } ?? 11
+                let step = random.chance(0.7) ? decided : randomStepNumber(near: decided)
+                pathCounter += 1
+                try send(.checkpointed(rank: rank, step: step, path: "r\(rank)c\(pathCounter)"))
+            }
+        case 60..<65:
+            if let rank = living.randomElement(using: &random) { try send(.exited(rank: rank, randomStatus())) }
+        case 65..<73:
+            if pendingCommits.allSatisfy({ $0.kind == .stop }) { try send(.trigger(randomTrigger())) }
+        case 73..<77:
+            try send(.requestCheckpoint("SIGUSR2"))
+        case 77..<90:
+            if let rank = (0..<rankCount).filter({ pendingDeath[$0] != nil }).randomElement(using: &random) {
+                try send(.exited(rank: rank, pendingDeath[rank]!))
+            }
+        default:
+            try answerPending()
+        }
+    }
+
+    mutating func drainStep() throws(Violation) {
+        if try answerPending() { return }
+        if let rank = (0..<rankCount).first(where: { pendingDeath[$0] != nil }) {
+            try send(.exited(rank: rank, pendingDeath[rank]!))
+        } else if running, let rank = living.first {
+            if random.chance(0.5) {
+                try send(.trigger(randomTrigger()))
+            } else {
+                try send(.exited(rank: rank, randomStatus()))
+            }
+        } else if let deadline = machine.nextDeadline {
+            now = max(now, deadline)
+            try send(.tick)
+        } else {
+            throw Violation(message: "liveness: ranks \(living) alive, nothing pending and no deadline in \(machine.phase)")
+        }
+    }
+
+    /// Answers one thing the coordinator waits for; false when nothing is pending.
+    @discardableResult
+    mutating func answerPending() throws(Violation) -> Bool {
+        if pendingLaunched {
+            pendingLaunched = false
+            try send(.launched)
+        } else if !pendingCommits.isEmpty {
+            let commit = pendingCommits.removeFirst()
+            if random.chance(0.85) {
+                if commit.kind == .stop { stopCommitted = true }
+                try send(.commitWritten)
+            } else {
+                try send(.commitFailed("disk full"))
+            }
+        } else if pendingGangGone {
+            pendingGangGone = false
+            gangGoneGiven = true
+            try send(.gangGone)
+        } else {
+            return false
+        }
+        return true
+    }
+
+    mutating func randomStepNumber(near center: Int) -> Int {
+        random.pick([center, center &- 1, center &+ 1, center &+ 2, 0, -1, Int.max, Int.min, 9_007_199_254_740_991, Int.max - 1])
+    }
+
+    mutating func randomStatus() -> Graceful.ExitStatus {
+        random.pick([.exited(0), .exited(0), .exited(1), .exited(3), .signaled(SignalNumber.kill), .signaled(11), .signaled(SignalNumber.terminate)])
+    }
+
+    mutating func randomTrigger() -> Trigger {
+        random.pick([
+            .controlFile, .signal(SignalNumber.interrupt), .signal(SignalNumber.terminate),
+            .signal(SignalNumber.user1), .signal(SignalNumber.hangup), .quit(SignalNumber.quit), .quit(SignalNumber.abort),
+        ])
+    }
+
+    // MARK: Feeding one event and checking every guarantee
+
+    mutating func send(_ event: CoordinatorEvent) throws(Violation) {
+        trace.append("\(now) \(event)")
+        let startsStop: Bool
+        switch event {
+        case .hello(let rank):
+            saidHello[rank] = true
+            startsStop = false
+        case .exited(let rank, let status):
+            alive[rank] = false
+            exits[rank] = status
+            pendingDeath[rank] = nil
+            if !status.isSuccess && running { attemptFailed = true }
+            startsStop = false
+        case .checkpointed(let rank, let step, let path):
+            if var current = round, current.step != nil {
+                current.confirmations[rank].append((step, path!))
+                round = current
+            }
+            startsStop = false
+        case .trigger(let trigger):
+            startsStop = running
+            if let number = trigger.signalNumber {
+                let counted = lastStopSignalAt.map { now.seconds(since: $0) >= policy.signalDebounce } ?? true
+                lastStopSignalAt = now
+                let quits = if case .quit = trigger { true } else { false }
+                if (quits && startsStop || !startsStop && counted) && !attemptFailed { forcedBy = number }
+            }
+            if startsStop {
+                helloBeforeStop = saidHello
+                round = Round(id: nil, kind: .stop, startedAt: now, helloBefore: saidHello, step: nil,
+                              confirmations: Array(repeating: [], count: rankCount))
+            }
+            triggerReceived = true
+        default:
+            startsStop = false
+        }
+        let livingBefore = living
+        let actions = machine.handle(event, now: now)
+        for action in actions where !isReport(action) { trace.append("  -> \(action)") }
+        if startsStop, case .trigger(.quit) = event {
+            for rank in livingBefore {
+                let terminated = actions.contains { $0 == .signal(rank: rank, SignalNumber.terminate) || $0 == .signal(rank: rank, SignalNumber.kill) }
+                try expect(terminated, "a quit did not send SIGTERM to rank \(rank)")
+            }
+        }
+        if startsStop {
+            for rank in livingBefore {
+                let told = actions.contains { action in
+                    switch action {
+                    case .send(rank, .stop): return true
+                    case .signal(rank, SignalNumber.terminate), .signal(rank, SignalNumber.kill): return true
+                    default: return false
+                    }
+                }
+                try expect(told, "the stop reached rank \(rank) neither as a message nor as SIGTERM")
+            }
+        }
+        for action in actions {
+            try expect(!finished, "\(action) after finish")
+            try check(action)
+        }
+    }
+
+    func isReport(_ action: CoordinatorAction) -> Bool {
+        if case .report(let report) = action { _ = report.description }
+        if case .report = action { return true }
+        return false
+    }
+
+    mutating func check(_ action: CoordinatorAction) throws(Violation) {
+        switch action {
+        case .ring, .report:
+            break
+        case .send(let rank, let message):
+            try expect(alive[rank], "a message to rank \(rank), which ended")
+            switch message {
+            case .stop(let id, _):
+                if round?.kind == .stop, round?.id == nil { round?.id = id }
+                try expect(round?.id == id, "stop \(id) though no stop was requested")
+            case .checkpoint(let id, _):
+                if round?.id != id {
+                    round = Round(id: id, kind: .checkpoint, startedAt: now, helloBefore: saidHello, step: nil,
+                                  confirmations: Array(repeating: [], count: rankCount))
+                }
+            case .stopAt(let id, let step), .checkpointAt(let id, let step):
+                if round?.id == id, round?.step == nil { round?.step = .some(step) }
+            case .committed:
+                break
+            }
+        case .signal(let rank, let signal):
+            try expect(alive[rank], "signal \(signal) to rank \(rank), which ended")
+            if signal == SignalNumber.kill {
+                pendingDeath[rank] = .signaled(SignalNumber.kill)
+            } else if pendingDeath[rank] == nil, random.chance(0.5) {
+                pendingDeath[rank] = random.pick([.signaled(signal), .exited(0), .exited(1)])
+            }
+        case .commit(let step, let paths, _):
+            guard var current = round, let id = current.id else { throw Violation(message: "a commit outside any round") }
+            try expect(!current.commitAsked, "a second commit in round \(id)")
+            try expect(current.helloBefore.allSatisfy { $0 }, "a commit though some rank never said hello")
+            try expect(now < current.startedAt + policy.grace, "a commit after the grace of round \(id) expired")
+            // A round decided without a step ("each rank's next boundary") commits the step every rank confirmed.
+            try expect(current.step == .some(.some(step)) || current.step == .some(nil),
+                       "a commit of step \(step), not the round's step \(String(describing: current.step))")
+            try expect(paths.count == rankCount, "a commit with \(paths.count) paths")
+            for rank in 0..<rankCount {
+                let first = current.confirmations[rank].first { $0.step == step }
+                try expect(first != nil && paths[rank] == first?.path,
+                           "rank \(rank)'s path \(String(describing: paths[rank])) is not its first confirmation of step \(step)")
+            }
+            current.commitAsked = true
+            round = current
+            pendingCommits.append((step, current.kind))
+        case .awaitGangExit:
+            try expect(living.isEmpty, "the gang is cleared while ranks \(living) live")
+            pendingGangGone = true
+            gangGoneGiven = false
+        case .launch(let restart):
+            launches += 1
+            try expect(launches <= policy.maxRestarts, "launch \(launches) beyond --max-restarts \(policy.maxRestarts)")
+            try expect(restart == launches, "launch numbered \(restart), expected \(launches)")
+            try expect(gangGoneGiven, "a launch before the old gang is gone")
+            try expect(!triggerReceived, "a launch after a stop was requested")
+            alive = Array(repeating: true, count: rankCount)
+            exits = Array(repeating: nil, count: rankCount)
+            saidHello = Array(repeating: false, count: rankCount)
+            pendingDeath = Array(repeating: nil, count: rankCount)
+            attemptFailed = false
+            gangGoneGiven = false
+            round = nil
+            pendingLaunched = true
+        case .finish(let code):
+            try expect(living.isEmpty, "finish while ranks \(living) live")
+            let expected = expectedExitCode()
+            try expect(code == expected, "exit code \(code), expected \(expected)")
+            finished = true
+        }
+    }
+
+    /// The documented exit-code table, from what was observed.
+    func expectedExitCode() -> Int32 {
+        if attemptFailed { return ExitCode.rankFailed }
+        if !triggerReceived { return 0 }
+        if stopCommitted { return 0 }
+        if let forcedBy { return 128 + forcedBy }
+        let plainGang = !(helloBeforeStop ?? []).contains(true)
+        let clean = exits.allSatisfy { $0 == .exited(0) || $0 == .signaled(SignalNumber.terminate) }
+        return plainGang && clean ? 0 : ExitCode.notCommitted
+    }
+
+    func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws(Violation) {
+        if !condition { throw Violation(message: message()) }
+    }
+}
