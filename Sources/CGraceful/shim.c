@@ -494,7 +494,7 @@ int graceful_doorbell_create(uint32_t **page) {
 uint32_t *graceful_doorbell_map_fd(int fd) {
     struct stat info;
     if (fstat(fd, &info) != 0) return NULL;
-    if (info.st_size < GRACEFUL_DOORBELL_SIZE) {
+    if (!S_ISREG(info.st_mode) || info.st_size < GRACEFUL_DOORBELL_SIZE) {
         errno = EINVAL;
         return NULL;
     }

@@ -4,21 +4,24 @@ public enum JSONEncoding {
     public static func quoted(_ value: String) -> String {
         var out = "\""
         out.reserveCapacity(value.utf8.count + 2)
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
+        for scalar in value.unicodeScalars { appendEscaped(scalar, to: &out) }
         out += "\""
         return out
+    }
+
+    /// Appends `scalar` as it appears inside a JSON string literal.
+    static func appendEscaped(_ scalar: Unicode.Scalar, to out: inout String) {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20:
+            let hex = String(scalar.value, radix: 16)
+            out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+        default: out.unicodeScalars.append(scalar)
+        }
     }
 
     /// An optional integer as JSON (`null` when absent).
@@ -30,21 +33,9 @@ public enum JSONEncoding {
     public static func string(_ value: String?) -> String {
         value.map(quoted) ?? "null"
     }
-}
 
-extension JSONValue {
-    /// Compact JSON text; object keys sorted so the output is stable.
-    public var serialized: String {
-        switch self {
-        case .null: return "null"
-        case .bool(let value): return value ? "true" : "false"
-        case .int(let value): return String(value)
-        case .double(let value): return String(value)
-        case .string(let value): return JSONEncoding.quoted(value)
-        case .array(let elements): return "[" + elements.map(\.serialized).joined(separator: ", ") + "]"
-        case .object(let fields):
-            let members = fields.keys.sorted().map { "\(JSONEncoding.quoted($0)): \(fields[$0]!.serialized)" }
-            return "{" + members.joined(separator: ", ") + "}"
-        }
+    /// An optional path as JSON (`null` when absent); see `CheckpointPath.json`.
+    public static func path(_ value: CheckpointPath?) -> String {
+        value?.json ?? "null"
     }
 }

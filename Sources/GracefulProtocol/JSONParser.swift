@@ -15,6 +15,10 @@ public struct JSONParser {
 
     private let bytes: [UInt8]
     private var index = 0
+    /// Whether to note where each member of the top-level object lies.
+    private var recordsMembers = false
+    /// The byte range of each top-level member's value; a repeated key keeps its last, as `fields` does.
+    private var memberRanges: [String: Range<Int>] = [:]
 
     private init(_ bytes: [UInt8]) {
         self.bytes = bytes
@@ -30,6 +34,23 @@ public struct JSONParser {
             throw parser.error("unexpected data after the JSON value")
         }
         return value
+    }
+
+    /// The bytes of the value of `key` in the top-level object (of its last occurrence, the one that
+    /// counts), so it can be replaced without rewriting anything else; nil when the document is not an
+    /// object or lacks the key. Throws when the bytes are not one JSON document.
+    public static func rangeOfTopLevelValue<Bytes: Collection<UInt8>>(
+        forKey key: String, in input: Bytes
+    ) throws(JSONParseError) -> Range<Int>? {
+        var parser = JSONParser(Array(input))
+        parser.recordsMembers = true
+        parser.skipWhitespace()
+        _ = try parser.parseValue(depth: 0)
+        parser.skipWhitespace()
+        if parser.index != parser.bytes.count {
+            throw parser.error("unexpected data after the JSON value")
+        }
+        return parser.memberRanges[key]
     }
 
     private func error(_ message: String) -> JSONParseError {
@@ -50,7 +71,7 @@ public struct JSONParser {
         switch bytes[index] {
         case UInt8(ascii: "{"): return try parseObject(depth: depth + 1)
         case UInt8(ascii: "["): return try parseArray(depth: depth + 1)
-        case UInt8(ascii: "\""): return .string(try parseString())
+        case UInt8(ascii: "\""): return try parseString()
         case UInt8(ascii: "t"): try expectLiteral("true"); return .bool(true)
         case UInt8(ascii: "f"): try expectLiteral("false"); return .bool(false)
         case UInt8(ascii: "n"): try expectLiteral("null"); return .null
@@ -82,12 +103,14 @@ public struct JSONParser {
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
                 throw error("expected a string key")
             }
-            let key = try parseString()
+            let key = try parseKey()
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
+            let valueStart = index
             fields[key] = try parseValue(depth: depth)
+            if recordsMembers && depth == 1 { memberRanges[key] = valueStart..<index }
             skipWhitespace()
             guard index < bytes.count else { throw error("unexpected end of input") }
             if bytes[index] == UInt8(ascii: ",") {
@@ -161,9 +184,16 @@ public struct JSONParser {
         byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
     }
 
-    private mutating func parseString() throws(JSONParseError) -> String {
-        index += 1
+    /// A string value: `.string`, or `.illFormedString` when it holds a lone surrogate.
+    private mutating func parseString() throws(JSONParseError) -> JSONValue {
         var scalars = String.UnicodeScalarView()
+        // The UTF-16 code units, kept only from the first lone surrogate on.
+        var units: [UInt16]?
+        func append(_ scalar: Unicode.Scalar) {
+            scalars.append(scalar)
+            units?.append(contentsOf: UTF16.encode(scalar)!)
+        }
+        index += 1
         var runStart = index
         func flushRun(_ end: Int) throws(JSONParseError) {
             guard runStart < end else { return }
@@ -171,13 +201,14 @@ public struct JSONParser {
                 throw JSONParseError(message: "invalid UTF-8 in a string", offset: runStart)
             }
             scalars.append(contentsOf: run.unicodeScalars)
+            units?.append(contentsOf: run.utf16)
         }
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
                 try flushRun(index)
                 index += 1
-                return String(scalars)
+                return units.map(JSONValue.illFormedString) ?? .string(String(scalars))
             }
             if byte < 0x20 { throw error("control character in a string") }
             if byte == UInt8(ascii: "\\") {
@@ -187,15 +218,21 @@ public struct JSONParser {
                 let escape = bytes[index]
                 index += 1
                 switch escape {
-                case UInt8(ascii: "\""): scalars.append("\"")
-                case UInt8(ascii: "\\"): scalars.append("\\")
-                case UInt8(ascii: "/"): scalars.append("/")
-                case UInt8(ascii: "b"): scalars.append("\u{08}")
-                case UInt8(ascii: "f"): scalars.append("\u{0C}")
-                case UInt8(ascii: "n"): scalars.append("\n")
-                case UInt8(ascii: "r"): scalars.append("\r")
-                case UInt8(ascii: "t"): scalars.append("\t")
-                case UInt8(ascii: "u"): scalars.append(try parseUnicodeEscape())
+                case UInt8(ascii: "\""): append("\"")
+                case UInt8(ascii: "\\"): append("\\")
+                case UInt8(ascii: "/"): append("/")
+                case UInt8(ascii: "b"): append("\u{08}")
+                case UInt8(ascii: "f"): append("\u{0C}")
+                case UInt8(ascii: "n"): append("\n")
+                case UInt8(ascii: "r"): append("\r")
+                case UInt8(ascii: "t"): append("\t")
+                case UInt8(ascii: "u"):
+                    switch try parseUnicodeEscape() {
+                    case .scalar(let scalar): append(scalar)
+                    case .loneSurrogate(let unit):
+                        if units == nil { units = Array(String(scalars).utf16) }
+                        units?.append(unit)
+                    }
                 default: throw error("invalid escape")
                 }
                 runStart = index
@@ -204,6 +241,16 @@ public struct JSONParser {
             index += 1
         }
         throw error("unterminated string")
+    }
+
+    /// An object key. A key with a lone surrogate cannot be one the project looks up; it is kept with
+    /// U+FFFD in its place, so the object still parses as Python parses it.
+    private mutating func parseKey() throws(JSONParseError) -> String {
+        switch try parseString() {
+        case .string(let key): return key
+        case .illFormedString(let units): return String(decoding: units, as: UTF16.self)
+        default: preconditionFailure("parseString returns strings")
+        }
     }
 
     private mutating func parseHex4() throws(JSONParseError) -> UInt32 {
@@ -224,7 +271,12 @@ public struct JSONParser {
         return value
     }
 
-    private mutating func parseUnicodeEscape() throws(JSONParseError) -> Unicode.Scalar {
+    private enum Escaped {
+        case scalar(Unicode.Scalar)
+        case loneSurrogate(UInt16)
+    }
+
+    private mutating func parseUnicodeEscape() throws(JSONParseError) -> Escaped {
         let first = try parseHex4()
         if (0xD800...0xDBFF).contains(first),
            index + 6 <= bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") {
@@ -232,11 +284,10 @@ public struct JSONParser {
             index += 2
             let second = try parseHex4()
             if (0xDC00...0xDFFF).contains(second) {
-                return Unicode.Scalar(0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00))!
+                return .scalar(Unicode.Scalar(0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00))!)
             }
             index = save
         }
-        // A lone surrogate, which Python keeps and Swift strings cannot hold: the replacement character.
-        return Unicode.Scalar(first) ?? "\u{FFFD}"
+        return Unicode.Scalar(first).map(Escaped.scalar) ?? .loneSurrogate(UInt16(first))
     }
 }

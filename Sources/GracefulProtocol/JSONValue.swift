@@ -1,6 +1,6 @@
 /// A parsed JSON value, kept close to what Python's `json` module produces, because the control file's
 /// meaning is defined by MindSpore's Python reader: integers stay integers, objects keep the last of
-/// duplicate keys.
+/// duplicate keys, strings keep lone surrogates.
 public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
@@ -8,7 +8,11 @@ public enum JSONValue: Equatable, Sendable {
     case int(Int)
     /// Any other number.
     case double(Double)
+    /// A string of Unicode scalars.
     case string(String)
+    /// A string holding a lone surrogate escape (`"\udcff"`), which Python keeps and a Swift `String`
+    /// cannot hold: its UTF-16 code units. Paths use them for bytes that are not UTF-8.
+    case illFormedString([UInt16])
     case array([JSONValue])
     case object([String: JSONValue])
 
@@ -18,20 +22,17 @@ public enum JSONValue: Equatable, Sendable {
         case .bool(let value): return value
         case .int(let value): return value == 1
         case .double(let value): return value == 1
-        case .null, .string, .array, .object: return false
+        case .null, .string, .illFormedString, .array, .object: return false
         }
     }
 
-    /// The value as an `Int` when it is an integer, or a double holding an exact integer.
+    /// The value when it is a number written as an integer (no fraction, no exponent).
     public var intValue: Int? {
-        switch self {
-        case .int(let value): return value
-        case .double(let value):
-            return Int(exactly: value)
-        default: return nil
-        }
+        if case .int(let value) = self { return value }
+        return nil
     }
 
+    /// The text of a well-formed string.
     public var stringValue: String? {
         if case .string(let value) = self { return value }
         return nil

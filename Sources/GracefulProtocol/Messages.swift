@@ -4,6 +4,16 @@ public let gracefulProtocolVersion = 1
 /// The longest line either side accepts on a channel, newline excluded.
 public let maximumMessageLength = 65_536
 
+/// The largest step, position, id, protocol version or pid a message may carry: 2^53 − 1, the largest
+/// integer every JSON implementation holds exactly.
+public let maximumMessageInteger = 9_007_199_254_740_991
+
+/// Steps and positions: 0 up to `maximumMessageInteger`.
+public let stepRange = 0...maximumMessageInteger
+
+/// Ids (and protocol versions, pids): 1 up to `maximumMessageInteger`.
+public let idRange = 1...maximumMessageInteger
+
 /// Why a line on a channel is not a valid message.
 public enum MessageError: Error, Equatable, Sendable, CustomStringConvertible {
     case notJSON(String)
@@ -36,16 +46,20 @@ private func object(from line: some Collection<UInt8>) throws(MessageError) -> (
     return (type, value)
 }
 
-/// An integer field, or `nil` for JSON null; anything else (or absence) is invalid.
-private func optionalInt(_ value: JSONValue, _ type: String, _ field: String) throws(MessageError) -> Int? {
+/// An integer field within `range`, or `nil` for JSON null; anything else (or absence) is invalid.
+private func optionalInt(
+    _ value: JSONValue, _ type: String, _ field: String, in range: ClosedRange<Int> = stepRange
+) throws(MessageError) -> Int? {
     guard let raw = value[field] else { throw .badField(type: type, field: field) }
     if raw.isNull { return nil }
-    guard let number = raw.intValue else { throw .badField(type: type, field: field) }
+    guard let number = raw.intValue, range.contains(number) else { throw .badField(type: type, field: field) }
     return number
 }
 
-private func requiredInt(_ value: JSONValue, _ type: String, _ field: String) throws(MessageError) -> Int {
-    guard let number = try optionalInt(value, type, field) else { throw .badField(type: type, field: field) }
+private func requiredInt(
+    _ value: JSONValue, _ type: String, _ field: String, in range: ClosedRange<Int> = stepRange
+) throws(MessageError) -> Int {
+    guard let number = try optionalInt(value, type, field, in: range) else { throw .badField(type: type, field: field) }
     return number
 }
 
@@ -56,7 +70,7 @@ public enum RankMessage: Equatable, Sendable {
     /// The rank's last step boundary when stop request `id` arrived (`nil`: none yet).
     case position(id: Int, step: Int?)
     /// The rank saved its state after `step` at `path`.
-    case checkpointed(step: Int, path: String?)
+    case checkpointed(step: Int, path: CheckpointPath?)
 
     /// One line of JSON, newline included.
     public var line: String {
@@ -66,7 +80,7 @@ public enum RankMessage: Equatable, Sendable {
         case .position(let id, let step):
             return "{\"type\":\"position\",\"id\":\(id),\"step\":\(JSONEncoding.number(step))}\n"
         case .checkpointed(let step, let path):
-            return "{\"type\":\"checkpointed\",\"step\":\(step),\"path\":\(JSONEncoding.string(path))}\n"
+            return "{\"type\":\"checkpointed\",\"step\":\(step),\"path\":\(JSONEncoding.path(path))}\n"
         }
     }
 
@@ -76,16 +90,18 @@ public enum RankMessage: Equatable, Sendable {
         switch type {
         case "hello":
             self = .hello(
-                protocolVersion: try requiredInt(value, type, "protocol"),
-                pid: try requiredInt(value, type, "pid"))
+                protocolVersion: try requiredInt(value, type, "protocol", in: idRange),
+                pid: try requiredInt(value, type, "pid", in: idRange))
         case "position":
-            self = .position(id: try requiredInt(value, type, "id"), step: try optionalInt(value, type, "step"))
+            self = .position(id: try requiredInt(value, type, "id", in: idRange), step: try optionalInt(value, type, "step"))
         case "checkpointed":
-            let path: String?
+            let path: CheckpointPath?
             switch value["path"] {
             case .none, .some(.null): path = nil
-            case .some(.string(let text)): path = text
-            case .some: throw .badField(type: type, field: "path")
+            case .some(let raw):
+                // NUL, an empty string or a lone surrogate no byte stands for: never a confirmation.
+                guard let decoded = CheckpointPath(json: raw) else { throw .badField(type: type, field: "path") }
+                path = decoded
             }
             self = .checkpointed(step: try requiredInt(value, type, "step"), path: path)
         default:
@@ -129,14 +145,14 @@ public enum CoordinatorMessage: Equatable, Sendable {
         switch type {
         case "stop":
             guard let trigger = value["trigger"]?.stringValue else { throw .badField(type: type, field: "trigger") }
-            self = .stop(id: try requiredInt(value, type, "id"), trigger: trigger)
+            self = .stop(id: try requiredInt(value, type, "id", in: idRange), trigger: trigger)
         case "stop_at":
-            self = .stopAt(id: try requiredInt(value, type, "id"), step: try optionalInt(value, type, "step"))
+            self = .stopAt(id: try requiredInt(value, type, "id", in: idRange), step: try optionalInt(value, type, "step"))
         case "checkpoint":
             guard let trigger = value["trigger"]?.stringValue else { throw .badField(type: type, field: "trigger") }
-            self = .checkpoint(id: try requiredInt(value, type, "id"), trigger: trigger)
+            self = .checkpoint(id: try requiredInt(value, type, "id", in: idRange), trigger: trigger)
         case "checkpoint_at":
-            self = .checkpointAt(id: try requiredInt(value, type, "id"), step: try optionalInt(value, type, "step"))
+            self = .checkpointAt(id: try requiredInt(value, type, "id", in: idRange), step: try optionalInt(value, type, "step"))
         case "committed":
             self = .committed(step: try requiredInt(value, type, "step"))
         default:

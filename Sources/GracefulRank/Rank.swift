@@ -36,8 +36,10 @@ public final class Rank: Sendable {
     public let localRank: Int
     /// The committed step this launch resumes from, or nil.
     public let resumeStep: Int?
-    /// This rank's checkpoint of `resumeStep`, or nil.
-    public let resumePath: String?
+    /// This rank's checkpoint of `resumeStep` as the file system names it (bytes), or nil.
+    public let resumeCheckpoint: CheckpointPath?
+    /// `resumeCheckpoint` as text; nil also when the path is not valid UTF-8 (use `resumeCheckpoint`).
+    public var resumePath: String? { resumeCheckpoint.flatMap { String(validating: $0.bytes, as: UTF8.self) } }
     /// True under the coordinator.
     public let isCoordinated: Bool
 
@@ -83,17 +85,20 @@ public final class Rank: Sendable {
         worldSize = environment["WORLD_SIZE"].flatMap(Int.init) ?? 1
         localRank = environment["LOCAL_RANK"].flatMap(Int.init) ?? 0
         resumeStep = environment["GRACEFUL_RESUME_STEP"].flatMap(Int.init)
-        resumePath = environment["GRACEFUL_RESUME_PATH"]
+        // Foundation's environment is text; the path's bytes come from the C environment as they are.
+        resumeCheckpoint = getenv("GRACEFUL_RESUME_PATH").flatMap { CheckpointPath(bytes: UnsafeRawBufferPointer(start: $0, count: strlen($0))) }
         let channelFD = environment["GRACEFUL_CHANNEL_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 ? $0 : nil }
-        // Only a rank with a working channel gets the messages a ring announces.
-        if channelFD != nil, let path = environment["GRACEFUL_DOORBELL"], let fd = Int32(path), let page = graceful_doorbell_map_fd(fd) {
-            doorbell = UnsafePointer(page)
+        // Only a rank with a working channel gets the messages a ring announces; without one, the
+        // variable is stale (inherited from an ancestor) and its number names nothing of ours.
+        let doorbellFD = environment["GRACEFUL_DOORBELL_FD"].flatMap(Int32.init)
+        unsetenv("GRACEFUL_DOORBELL_FD")
+        if let channelFD, let doorbellFD, doorbellFD > 2, doorbellFD != channelFD, let page = Rank.mapDoorbell(doorbellFD) {
+            doorbell = page
         } else {
             let silent = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
             silent.initialize(to: 0)
             doorbell = UnsafePointer(silent)
         }
-        unsetenv("GRACEFUL_DOORBELL")
         heardRound.store(graceful_doorbell_load(doorbell), ordering: .relaxed)
         if let fd = channelFD {
             channel = fd
@@ -116,6 +121,14 @@ public final class Rank: Sendable {
             watcher.name = "graceful-control-file"
             watcher.start()
         }
+    }
+
+    /// Maps the doorbell's memory file read-only and closes the descriptor (a program this rank
+    /// executes must not hold it). Nil when it is not at least a page long: mapping beyond its end
+    /// would fault at the first read.
+    private static func mapDoorbell(_ fd: Int32) -> UnsafePointer<UInt32>? {
+        defer { close(fd) }
+        return graceful_doorbell_map_fd(fd).map { UnsafePointer($0) }
     }
 
     /// Swift's first use of the message types costs some 130 µs of CPU (generic metadata and
@@ -164,10 +177,15 @@ public final class Rank: Sendable {
     }
 
     /// Tells the coordinator the state after `step` is saved at `path`. Never throws; a coordinator
-    /// that is gone is ignored.
-    public func checkpointed(step: Int, path: String?) {
+    /// that is gone is ignored. `step` must lie in `stepRange`, or the coordinator ignores the message.
+    public func checkpointed(step: Int, checkpoint path: CheckpointPath?) {
         guard isCoordinated else { return }
         send(RankMessage.checkpointed(step: step, path: path).line)
+    }
+
+    /// The same with a path as text; an empty path, or one holding NUL, names no file: nil is sent.
+    public func checkpointed(step: Int, path: String?) {
+        checkpointed(step: step, checkpoint: path.flatMap { CheckpointPath($0) })
     }
 
     // MARK: - The slow path (docs/PROTOCOL.md, "What the rank must do")
@@ -317,7 +335,7 @@ public final class Rank: Sendable {
 
     private func watchControlFile(_ path: String) {
         var lastIdentity: [Int] = []
-        var lastProblem: String?
+        var warned: Set<ControlFileProblem.Kind> = []
         while true {
             var info = stat()
             let identity = stat(path, &info) == 0
@@ -325,7 +343,7 @@ public final class Rank: Sendable {
                 : []
             if identity != lastIdentity {
                 lastIdentity = identity
-                var problem: String?
+                var problem: ControlFileProblem?
                 if !identity.isEmpty, let data = FileManager.default.contents(atPath: path) {
                     switch ControlFileState(contents: data) {
                     case .requestsExit:
@@ -338,10 +356,14 @@ public final class Rank: Sendable {
                     case .invalid(let reason): problem = reason
                     }
                 }
-                if let problem, problem != lastProblem {
-                    FileHandle.standardError.write(Data("graceful: warning: control file \(path): \(problem); ignored\n".utf8))
+                // Once per kind of problem, until the file is valid or missing again.
+                if let problem {
+                    if warned.insert(problem.kind).inserted {
+                        FileHandle.standardError.write(Data("graceful: warning: control file \(path): \(problem); ignored\n".utf8))
+                    }
+                } else {
+                    warned.removeAll()
                 }
-                lastProblem = problem
             }
             usleep(500_000)
         }

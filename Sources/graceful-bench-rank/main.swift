@@ -118,7 +118,7 @@ func runRank(_ arguments: [String]) -> Never {
     let relayed = relayEvery > 0 && (index == 0 || (worldSize - 1 - index) % relayEvery == 0)
     let relay = relayed ? RelayTimes() : nil
     var clientEnd: Int32 = -1
-    if let relay, let path = getenv("GRACEFUL_DOORBELL"), let fd = Int32(String(cString: path)), let page = graceful_doorbell_map_fd(fd) {
+    if let relay, let text = getenv("GRACEFUL_DOORBELL_FD"), let fd = Int32(String(cString: text)), let page = graceful_doorbell_map_fd(fd) {
         // Mapped before the client starts, so the value it waits past is the one the client saw.
         let seen = graceful_doorbell_load(page)
         // The page stays mapped for the life of the process; its address crosses as a number.

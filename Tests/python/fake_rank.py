@@ -6,6 +6,7 @@ Commands (one per line on stdin):
   time N      time N calls of should_stop, then N boundaries of should_stop and
               should_checkpoint, with nothing pending
   checkpointed STEP   call rank.checkpointed(STEP, None)
+  checkpointed-path STEP HEX   call rank.checkpointed(STEP, bytes.fromhex(HEX)) (HEX absent: b"")
   info        report the client's state
 Reports go to stdout, one JSON object per line: {"at": s} just before should_stop(s),
 {"boundary": s, "stop": bool, "checkpoint": bool} after it and should_checkpoint(s) (called only
@@ -30,8 +31,18 @@ def report(**fields):
     print(json.dumps(fields), flush=True)
 
 
-def info(rank, channel_fd):
+def is_open(fd_text):
+    try:
+        os.fstat(int(fd_text))
+    except (TypeError, ValueError, OSError):
+        return False
+    return True
+
+
+def info(rank, channel_fd, doorbell_fd):
     return {
+        "doorbell_fd_in_environ": "GRACEFUL_DOORBELL_FD" in os.environ,
+        "doorbell_fd_open": is_open(doorbell_fd),
         "fd_in_environ": "GRACEFUL_CHANNEL_FD" in os.environ,
         "fd_inheritable": os.get_inheritable(int(channel_fd)) if rank.coordinated else None,
         "coordinated": rank.coordinated,
@@ -67,8 +78,9 @@ def main():
     if args.poll is not None:
         graceful_exit.CONTROL_FILE_POLL = args.poll
     channel_fd = os.environ.get("GRACEFUL_CHANNEL_FD")
+    doorbell_fd = os.environ.get("GRACEFUL_DOORBELL_FD")
     rank = graceful_exit.Rank(control_file=args.control_file)
-    report(ready=info(rank, channel_fd))
+    report(ready=info(rank, channel_fd, doorbell_fd))
     step = 0
     for line in sys.stdin:
         words = line.split()
@@ -99,8 +111,15 @@ def main():
         elif words[0] == "checkpointed":
             rank.checkpointed(int(words[1]), None)
             report(checkpointed_returned=True)
+        elif words[0] == "checkpointed-path":
+            # The path as hex bytes, so a test can send any name, valid UTF-8 or not.
+            try:
+                rank.checkpointed(int(words[1]), bytes.fromhex(words[2]) if len(words) > 2 else b"")
+                report(checkpointed_returned=True)
+            except ValueError as error:
+                report(value_error=str(error))
         elif words[0] == "info":
-            report(info=info(rank, channel_fd))
+            report(info=info(rank, channel_fd, doorbell_fd))
         else:
             for _ in range(int(words[0])):
                 step += 1

@@ -1,7 +1,9 @@
 """Helpers shared by the Python tests: processes whose output is awaited line by line, and the
 coordinator's end of a rank's channel."""
 
+import fcntl
 import json
+import mmap
 import os
 import queue
 import socket
@@ -82,11 +84,36 @@ class Channel:
         self.sock.close()
 
 
+# Not in Python's fcntl module: <linux/fcntl.h>.
+F_SEAL_FUTURE_WRITE = 0x0010
+
+
+class Doorbell:
+    """The doorbell as the coordinator makes it: a sealed memory file the test writes through its
+    own mapping, handed to the rank as a descriptor."""
+
+    def __init__(self, size=4096):
+        self.fd = os.memfd_create("graceful-doorbell", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(self.fd, size)
+        self.page = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE) if size else None
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL)
+
+    def ring(self, request_id):
+        self.page[0:4] = request_id.to_bytes(4, sys.byteorder)
+
+    def close(self):
+        if self.page is not None:
+            self.page.close()
+        os.close(self.fd)
+
+
 class Child:
     """A process with stdin, stdout and stderr piped and, with `channel`, a channel as the
     coordinator gives it. Killed and reaped when the test ends."""
 
-    def __init__(self, argv, test, channel=True, env=None, cwd=None):
+    def __init__(self, argv, test, channel=True, env=None, cwd=None, doorbell=None):
         extra = dict(env or {})
         pass_fds = ()
         ours = theirs = None
@@ -94,6 +121,9 @@ class Child:
             ours, theirs = socket.socketpair()
             extra["GRACEFUL_CHANNEL_FD"] = theirs.fileno()
             pass_fds = (theirs.fileno(),)
+        if doorbell is not None:
+            extra["GRACEFUL_DOORBELL_FD"] = doorbell.fd
+            pass_fds += (doorbell.fd,)
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True,
                                         env=clean_env(**extra), cwd=cwd, pass_fds=pass_fds)

@@ -20,9 +20,9 @@ class RankTestCase(unittest.TestCase):
         self.addCleanup(directory.cleanup)
         self.cwd = directory.name
 
-    def start(self, *args, channel=True, env=None):
+    def start(self, *args, channel=True, env=None, doorbell=None):
         rank = support.Child(support.python(support.FAKE_RANK, *args), self, channel=channel,
-                             env=env, cwd=self.cwd)
+                             env=env, cwd=self.cwd, doorbell=doorbell)
         rank.ready = self.event(rank)["ready"]
         return rank
 
@@ -61,6 +61,12 @@ class RankTestCase(unittest.TestCase):
 
     def expect_exit(self, rank, status=0):
         self.assertEqual(rank.wait(), status, rank.stderr.text())
+
+    def doorbell(self, size=4096):
+        """A doorbell as the coordinator makes it (a sealed memory file), closed at the end."""
+        bell = support.Doorbell(size)
+        self.addCleanup(bell.close)
+        return bell
 
     def write_control_file(self, content, name="graceful_exit.json"):
         """Replaces the file in one rename, so the rank never reads half of it."""
@@ -116,23 +122,14 @@ class CoordinatedTests(RankTestCase):
                     "committed_step": None, "same_instance": True}
         self.assertEqual({key: rank.ready[key] for key in expected}, expected)
 
-    def doorbell(self):
-        """A doorbell file as the coordinator makes it, and a function that rings it."""
-        path = os.path.join(self.cwd, "doorbell")
-        with open(path, "wb") as f:
-            f.write(bytes(4096))
-
-        def ring(request_id):
-            with open(path, "r+b") as f:
-                f.write(request_id.to_bytes(4, sys.byteorder))
-        return path, ring
-
     def test_a_ring_holds_the_next_boundary_until_its_request_arrives(self):
-        path, ring = self.doorbell()
-        rank = self.start(env={"GRACEFUL_DOORBELL": path})
+        bell = self.doorbell()
+        rank = self.start(doorbell=bell)
         rank.channel.receive()
+        self.assertEqual({key: rank.ready[key] for key in ("doorbell_fd_in_environ", "doorbell_fd_open")},
+                         {"doorbell_fd_in_environ": False, "doorbell_fd_open": False})
         self.run_steps(rank, 1, 3)
-        ring(1)
+        bell.ring(1)
         rank.write("2")
         self.expect(rank, at=4)
         # Boundary 4 saw the ring: it waits for the message instead of training on.
@@ -145,15 +142,59 @@ class CoordinatedTests(RankTestCase):
         self.expect_exit(rank)
 
     def test_a_ring_without_its_message_is_let_go(self):
-        path, ring = self.doorbell()
-        rank = self.start(env={"GRACEFUL_DOORBELL": path})
+        bell = self.doorbell()
+        rank = self.start(doorbell=bell)
         rank.channel.receive()
-        ring(7)
+        bell.ring(7)
         rank.write("2")
         self.expect(rank, at=1)
         self.expect(rank, boundary=1, stop=False, checkpoint=False)
         self.expect_boundaries(rank, 2, 2)
         self.expect_info(rank, stop_step=None, trigger=None)
+
+    def test_a_doorbell_smaller_than_a_page_is_refused_and_the_channel_still_works(self):
+        bell = self.doorbell(size=16)
+        rank = self.start(doorbell=bell)
+        rank.channel.receive()
+        self.assertEqual({key: rank.ready[key] for key in ("doorbell_fd_in_environ", "doorbell_fd_open")},
+                         {"doorbell_fd_in_environ": False, "doorbell_fd_open": False})
+        self.run_steps(rank, 1, 2)
+        self.stop(rank, 2)
+        self.stop_at(rank, 3)
+        rank.write("5")
+        self.expect_boundaries(rank, 3, 3, stop_at=3)
+        self.expect_confirmation(rank, 3, stop_step=3)
+        self.expect_exit(rank)
+
+    def test_paths_travel_as_bytes_with_surrogate_escapes(self):
+        rank = self.start()
+        rank.channel.receive()
+        rank.write("checkpointed-path 4 636b2fffc3a9")
+        self.expect(rank, checkpointed_returned=True)
+        line = rank.channel.sock.recv(65536)
+        self.assertIn(b'"path":"ck/\\udcff\\u00e9"', line)
+        for bad in ("", "61006200"):
+            rank.write(f"checkpointed-path 4 {bad}")
+            self.assertIn("not a path", self.event(rank)["value_error"])
+
+    def test_requests_with_ids_or_steps_out_of_range_are_ignored(self):
+        rank = self.start()
+        rank.channel.receive()
+        self.run_steps(rank, 1, 2)
+        for request_id in (0, -1, 2**53, 1.0, True):
+            rank.channel.send({"type": "stop", "id": request_id, "trigger": "SIGINT"})
+        self.stop(rank, 2)
+        self.stop_at(rank, -1)
+        self.stop_at(rank, 2**53)
+        rank.write("1")
+        self.expect(rank, at=3)
+        self.expect_no_event(rank, 0.3)
+        self.stop_at(rank, 4)
+        self.expect(rank, boundary=3, stop=False)
+        rank.write("1")
+        self.expect_boundaries(rank, 4, 4, stop_at=4)
+        self.expect_confirmation(rank, 4, stop_step=4)
+        self.expect_exit(rank)
 
     def test_position_is_answered_while_the_training_loop_is_blocked(self):
         rank = self.start()
@@ -448,6 +489,15 @@ class StandaloneTests(RankTestCase):
         self.assertFalse(rank.ready["fd_in_environ"])
         self.expect_exit(rank)
         self.assertIn("GRACEFUL_CHANNEL_FD='1000' is not a usable socket", rank.stderr.text())
+
+    def test_a_doorbell_without_a_channel_is_stripped_and_left_alone(self):
+        bell = self.doorbell()
+        rank = self.start(channel=False, doorbell=bell)
+        self.assertFalse(rank.ready["coordinated"])
+        self.assertFalse(rank.ready["doorbell_fd_in_environ"])
+        # Not ours to close: without a channel the number may name anything.
+        self.assertTrue(rank.ready["doorbell_fd_open"])
+        self.expect_exit(rank)
 
     def test_sigterm_stops_at_the_next_boundary(self):
         rank = self.start(channel=False)

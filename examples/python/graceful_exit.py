@@ -44,7 +44,8 @@ Guarantees:
 - `checkpointed` never raises because the coordinator is gone.
 - `Rank()` is a per-process singleton (later calls return the first instance and ignore their
   arguments): it owns the channel, and removes GRACEFUL_CHANNEL_FD from os.environ and makes the
-  descriptor non-inheritable so that child processes neither claim nor hold it.
+  descriptor non-inheritable so that child processes neither claim nor hold it. Likewise it maps
+  the doorbell (GRACEFUL_DOORBELL_FD), closes that descriptor and removes the variable.
 
 Python 3.9+, standard library only.
 """
@@ -61,7 +62,9 @@ import time
 __all__ = ["Rank"]
 
 PROTOCOL = 1
-MAX_LINE = 65536
+MAX_LINE = 65536  # bytes, not counting the newline
+MAX_INT = 2**53 - 1  # the largest step or id a message may carry (exact in every JSON reader)
+DOORBELL_SIZE = 4096
 # Seconds between two stats of the control file (standalone mode).
 CONTROL_FILE_POLL = 0.5
 
@@ -99,6 +102,14 @@ def _env_int(name, default):
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_step(value):
+    return _is_int(value) and 0 <= value <= MAX_INT
+
+
+def _is_id(value):
+    return _is_int(value) and 1 <= value <= MAX_INT
 
 
 class _Request:
@@ -165,9 +176,11 @@ class Rank:
         # _bell[0] is the low byte of the doorbell's word; _heard, that byte of the latest request
         # the reader handled. They differ while a rung request has not been read yet.
         self._bell = _SILENT_BELL
-        bell_path = os.environ.pop("GRACEFUL_DOORBELL", None)
-        if self._sock is not None and bell_path and sys.byteorder == "little":
-            self._bell = self._map_doorbell(bell_path)
+        # Removed in any case: without a channel the variable is stale, its number names nothing of
+        # ours, and children must not claim it either.
+        bell_text = os.environ.pop("GRACEFUL_DOORBELL_FD", None)
+        if self._sock is not None and bell_text is not None and sys.byteorder == "little":
+            self._bell = self._map_doorbell(bell_text, self._sock.fileno())
         self._heard = self._bell[0]
         if self._sock is not None:
             self._send({"type": "hello", "protocol": PROTOCOL, "pid": os.getpid()})
@@ -224,10 +237,18 @@ class Rank:
         return False
 
     def checkpointed(self, step, path):
-        """Report that the state after `step` was saved at `path` (str, path-like or None)."""
+        """Report that the state after `step` was saved at `path` (str, bytes, path-like or None).
+        A name that is not UTF-8 travels exactly (docs/PROTOCOL.md, "Paths"). Raises ValueError
+        for a step outside 0..2**53-1, or an empty path or one holding NUL: no file has it."""
+        step = int(step)
+        if not 0 <= step <= MAX_INT:
+            raise ValueError(f"step {step} is outside 0..{MAX_INT}")
+        if path is not None:
+            path = os.fsdecode(path)  # bytes that are not UTF-8 become lone surrogates
+            if path == "" or "\0" in path:
+                raise ValueError(f"{path!r} is not a path")
         if self._sock is not None:
-            path = None if path is None else os.fspath(path)
-            self._send({"type": "checkpointed", "step": int(step), "path": path})
+            self._send({"type": "checkpointed", "step": step, "path": path})
 
     # -- the decision -------------------------------------------------------------------------
 
@@ -284,12 +305,28 @@ class Rank:
     # -- coordinator mode ---------------------------------------------------------------------
 
     @staticmethod
-    def _map_doorbell(path):
+    def _map_doorbell(fd_text, channel_fd):
+        """Maps the doorbell's memory file read-only, then closes its descriptor (mmap keeps its own,
+        close-on-exec). Only speed is lost when it cannot be used: requests still come on the
+        channel."""
         try:
-            with open(path, "rb") as f:
-                return mmap.mmap(f.fileno(), 4096, access=mmap.ACCESS_READ)
+            fd = int(fd_text)
+        except ValueError:
+            return _SILENT_BELL
+        if fd <= 2 or fd == channel_fd:
+            return _SILENT_BELL
+        try:
+            # A mapping beyond the file's end would fault at the first read.
+            if os.fstat(fd).st_size < DOORBELL_SIZE:
+                return _SILENT_BELL
+            return mmap.mmap(fd, DOORBELL_SIZE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         except (OSError, ValueError):
-            return _SILENT_BELL  # only speed is lost: requests still come on the channel
+            return _SILENT_BELL
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _open_channel(self, fd_text):
         try:
@@ -349,11 +386,12 @@ class Rank:
         kind = message.get("type")
         if kind in (_STOP, _CHECKPOINT):
             request_id = message.get("id")
+            if not _is_id(request_id):
+                return
             trigger = message.get("trigger")
             trigger = trigger if isinstance(trigger, str) else None
             with self._cond:
-                if _is_int(request_id):
-                    self._heard = request_id & 0xFF
+                self._heard = request_id & 0xFF
                 # A boundary waiting for the doorbell's request re-checks, whatever becomes of it.
                 self._cond.notify_all()
                 current = self._request
@@ -375,7 +413,7 @@ class Rank:
             self._send({"type": "position", "id": request_id, "step": position})
         elif kind in _KIND_OF_TARGET:
             t = message.get("step")
-            if t is None or _is_int(t):
+            if t is None or _is_step(t):
                 with self._cond:
                     request = self._request
                     # Only T of the current request counts: an *_at of a forgotten request, or
@@ -389,7 +427,7 @@ class Rank:
                     self._cond.notify_all()
         elif kind == "committed":
             step = message.get("step")
-            if _is_int(step):
+            if _is_step(step):
                 self._committed = step
 
     # -- standalone mode ----------------------------------------------------------------------

@@ -75,6 +75,9 @@ public enum CommandLineInterface {
                                   (default: random) Also --rdzv-id, --rdzv_id.
           -h, --help              Show help information.
 
+        Numbers are plain decimal: counts and ports are whole numbers (4), seconds may have a
+        fraction (30, 0.5, .5). No sign, exponent, hex, inf or nan.
+
         EXIT CODES:
           0    every rank exited 0, or a stop committed a consistent checkpoint
           1    a rank failed while no stop was pending (after --max-restarts restarts)
@@ -174,10 +177,7 @@ public enum CommandLineInterface {
     ) throws(UsageError) {
         switch option {
         case .ranks:
-            guard let ranks = Int(value), (1...65536).contains(ranks) else {
-                throw UsageError(message: "'\(name)' takes a whole number of ranks from 1 to 65536, not '\(value)' (\(runUsageHint))")
-            }
-            configuration.ranks = ranks
+            configuration.ranks = try wholeNumber(value, name: name, of: "a number of ranks", in: 1...65536)
         case .runDirectory:
             guard !value.isEmpty else { throw UsageError(message: "'\(name)' takes a directory, not an empty string (\(runUsageHint))") }
             configuration.runDirectory = value
@@ -191,16 +191,13 @@ public enum CommandLineInterface {
         case .killAfter:
             configuration.policy.killAfter = try seconds(value, name: name)
         case .maxRestarts:
-            guard let count = Int(value), (0...1_000_000).contains(count) else {
-                throw UsageError(message: "'\(name)' takes a whole number from 0 to 1000000, not '\(value)' (\(runUsageHint))")
-            }
-            configuration.policy.maxRestarts = count
+            configuration.policy.maxRestarts = try wholeNumber(value, name: name, of: "a number of restarts", in: 0...1_000_000)
         case .restartBackoff:
             configuration.policy.restartBackoff = try seconds(value, name: name)
         case .checkpointEvery:
             let every = try seconds(value, name: name)
             guard every > 0 else {
-                throw UsageError(message: "'\(name)' takes a number of seconds above 0, not '\(value)' (\(runUsageHint))")
+                throw UsageError(message: "\(name): \"\(value)\" is not above 0 seconds (\(runUsageHint))")
             }
             configuration.policy.checkpointEvery = every
         case .masterAddress:
@@ -209,10 +206,7 @@ public enum CommandLineInterface {
             }
             configuration.masterAddress = value
         case .masterPort:
-            guard let port = Int(value), (1...65535).contains(port) else {
-                throw UsageError(message: "'\(name)' takes a TCP port from 1 to 65535, not '\(value)' (\(runUsageHint))")
-            }
-            configuration.masterPort = port
+            configuration.masterPort = try wholeNumber(value, name: name, of: "a TCP port", in: 1...65535)
         case .runID:
             guard !value.isEmpty, !value.contains(where: { $0.isWhitespace || $0 == "=" }) else {
                 throw UsageError(message: "'\(name)' takes a non-empty id without spaces, not '\(value)' (\(runUsageHint))")
@@ -221,10 +215,38 @@ public enum CommandLineInterface {
         }
     }
 
+    /// Seconds as plain decimal: digits with an optional fraction (`30`, `0.5`, `.5`). `Double(_:)`
+    /// alone would also take `0x10`, `1e3`, `inf` and `nan`.
     private static func seconds(_ value: String, name: String) throws(UsageError) -> Double {
-        guard let seconds = Double(value), seconds.isFinite, seconds >= 0, seconds <= 31_536_000 else {
-            throw UsageError(message: "'\(name)' takes a number of seconds from 0 to 31536000, not '\(value)' (\(runUsageHint))")
+        let parts = value.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        let fraction = parts.count == 2 ? parts[1] : nil
+        let wellFormed = isDigits(parts[0]) && (fraction.map { !$0.isEmpty && isDigits($0) } ?? !parts[0].isEmpty)
+        guard wellFormed, let seconds = Double(value) else {
+            throw UsageError(message: "\(name): \"\(value)\" is not a number of seconds (\(runUsageHint))")
+        }
+        guard seconds <= maximumSeconds else {
+            throw UsageError(message: "\(name): \"\(value)\" is more than \(Int(maximumSeconds)) seconds (\(runUsageHint))")
         }
         return seconds
+    }
+
+    /// A year: longer waits are surely a mistake.
+    private static let maximumSeconds = 31_536_000.0
+
+    /// A count or port as plain decimal digits, within `range`.
+    private static func wholeNumber(
+        _ value: String, name: String, of what: String, in range: ClosedRange<Int>
+    ) throws(UsageError) -> Int {
+        guard !value.isEmpty, isDigits(Substring(value)) else {
+            throw UsageError(message: "\(name): \"\(value)\" is not a whole number (\(runUsageHint))")
+        }
+        guard let number = Int(value), range.contains(number) else {
+            throw UsageError(message: "\(name): \"\(value)\" is not \(what) from \(range.lowerBound) to \(range.upperBound) (\(runUsageHint))")
+        }
+        return number
+    }
+
+    private static func isDigits(_ text: Substring) -> Bool {
+        text.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
     }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import GracefulProtocol
 
 /// The content of `<run-dir>/last_checkpoint.json`: the last step every rank checkpointed and
@@ -9,14 +10,14 @@ public struct CommitRecord: Equatable, Sendable {
     public var runID: String
     public var step: Int
     /// Each rank's checkpoint path, indexed by rank (`nil` for a rank that does not speak the protocol).
-    public var paths: [String?]
+    public var paths: [CheckpointPath?]
     public var trigger: String
     /// UTC, ISO 8601, seconds.
     public var time: String
 
     public var worldSize: Int { paths.count }
 
-    public init(runID: String, step: Int, paths: [String?], trigger: String, time: String) {
+    public init(runID: String, step: Int, paths: [CheckpointPath?], trigger: String, time: String) {
         self.runID = runID
         self.step = step
         self.paths = paths
@@ -24,10 +25,10 @@ public struct CommitRecord: Equatable, Sendable {
         self.time = time
     }
 
-    /// Pretty JSON with a final newline.
+    /// Pretty JSON with a final newline; paths as the protocol writes them (docs/PROTOCOL.md, "Paths").
     public var json: String {
         let ranks = paths.enumerated().map { rank, path in
-            "    {\"rank\": \(rank), \"path\": \(JSONEncoding.string(path))}"
+            "    {\"rank\": \(rank), \"path\": \(JSONEncoding.path(path))}"
         }
         return """
         {
@@ -63,22 +64,27 @@ public struct CommitRecord: Equatable, Sendable {
         guard version == Self.formatVersion else {
             throw DecodingError(description: "format version \(version); this graceful reads version \(Self.formatVersion)")
         }
-        guard let step = value["step"]?.intValue else { throw DecodingError(description: "no integer \"step\"") }
+        guard let step = value["step"]?.intValue, stepRange.contains(step) else {
+            throw DecodingError(description: "no integer \"step\" from 0 to \(maximumMessageInteger)")
+        }
         guard let worldSize = value["world_size"]?.intValue, worldSize > 0 else {
             throw DecodingError(description: "no positive \"world_size\"")
         }
         guard case .array(let entries)? = value["ranks"], entries.count == worldSize else {
             throw DecodingError(description: "\"ranks\" does not list \(worldSize) ranks")
         }
-        var paths = [String?](repeating: nil, count: worldSize)
+        var paths = [CheckpointPath?](repeating: nil, count: worldSize)
         for entry in entries {
             guard let rank = entry["rank"]?.intValue, paths.indices.contains(rank) else {
                 throw DecodingError(description: "a rank entry without a valid \"rank\"")
             }
             switch entry["path"] {
-            case .some(.string(let path)): paths[rank] = path
             case .some(.null), .none: paths[rank] = nil
-            default: throw DecodingError(description: "rank \(rank) has a \"path\" that is not a string")
+            case .some(let raw):
+                guard let path = CheckpointPath(json: raw) else {
+                    throw DecodingError(description: "rank \(rank) has a \"path\" that is not a path")
+                }
+                paths[rank] = path
             }
         }
         self.init(
@@ -87,5 +93,55 @@ public struct CommitRecord: Equatable, Sendable {
             paths: paths,
             trigger: value["trigger"]?.stringValue ?? "",
             time: value["time"]?.stringValue ?? "")
+    }
+
+    /// Why the record at a path cannot be used.
+    public enum LoadError: Error, CustomStringConvertible {
+        /// A symbolic link whose target does not exist: a record that was there is missing, which is
+        /// not the same as nothing ever committed.
+        case danglingSymbolicLink(target: String)
+        case unreadable(SystemError)
+        case malformed(DecodingError)
+
+        public var description: String {
+            switch self {
+            case .danglingSymbolicLink(let target): return "dangling symbolic link to \(target)"
+            case .unreadable(let error): return "\(error)"
+            case .malformed(let error): return "\(error)"
+            }
+        }
+    }
+
+    /// The record at `path`; nil only when nothing at all is there (not even a symbolic link).
+    public static func load(from path: String) throws(LoadError) -> CommitRecord? {
+        var info = stat()
+        if lstat(path, &info) != 0 {
+            if errno == ENOENT { return nil }
+            throw .unreadable(SystemError("lstat \(path)"))
+        }
+        let contents: [UInt8]?
+        do {
+            contents = try AtomicFile.read(path)
+        } catch {
+            throw .unreadable(error)
+        }
+        guard let contents else {
+            // Gone since lstat, or a link that points nowhere.
+            guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFLNK else { return nil }
+            throw .danglingSymbolicLink(target: linkTarget(path))
+        }
+        do {
+            return try CommitRecord(contents: contents)
+        } catch {
+            throw .malformed(error)
+        }
+    }
+
+    private static func linkTarget(_ path: String) -> String {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = buffer.withUnsafeMutableBufferPointer { raw in
+            raw.withMemoryRebound(to: CChar.self) { readlink(path, $0.baseAddress!, $0.count) }
+        }
+        return count > 0 ? CheckpointPath(bytes: buffer[0..<count])?.description ?? "" : ""
     }
 }

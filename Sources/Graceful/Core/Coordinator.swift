@@ -349,7 +349,7 @@ public struct Coordinator: Sendable {
     }
 
     private mutating func receiveConfirmation(
-        rank: Int, step: Int, path: String?, now: Instant, into actions: inout [CoordinatorAction]
+        rank: Int, step: Int, path: CheckpointPath?, now: Instant, into actions: inout [CoordinatorAction]
     ) {
         if case .stopping(let stop) = phase, stop.supersededStep == step, stop.round.decidedStep != .some(step) {
             return // a checkpoint of the round this stop superseded, arriving late

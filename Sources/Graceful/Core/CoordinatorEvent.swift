@@ -9,7 +9,7 @@ public enum CoordinatorEvent: Equatable, Sendable {
     /// The rank answered request `id` with its position.
     case position(rank: Int, id: Int, step: Int?)
     /// The rank saved its state after `step` at `path`.
-    case checkpointed(rank: Int, step: Int, path: String?)
+    case checkpointed(rank: Int, step: Int, path: CheckpointPath?)
     /// The rank's process (the group leader) ended.
     case exited(rank: Int, ExitStatus)
     /// A stop trigger arrived: a signal (a quit among them), or the control file's flag.
@@ -38,7 +38,7 @@ public enum CoordinatorAction: Equatable, Sendable {
     case signal(rank: Int, Int32)
     /// Check that every path exists, write the commit record (step, each rank's path, the trigger),
     /// then report back with `.commitWritten` or `.commitFailed`.
-    case commit(step: Int, paths: [String?], trigger: String)
+    case commit(step: Int, paths: [CheckpointPath?], trigger: String)
     /// Kill whatever is left of the gang (process groups, orphaned descendants) and report
     /// `.gangGone` once nothing is left.
     case awaitGangExit

@@ -1,3 +1,5 @@
+import GracefulProtocol
+
 /// What the coordinator knows about one rank in the current attempt.
 public struct RankRecord: Equatable, Sendable {
     /// Where the rank is in the teardown sequence of `StopPolicy`.
@@ -38,7 +40,7 @@ public struct RankRecord: Equatable, Sendable {
     /// A rank's confirmation of its checkpoint.
     public struct Confirmation: Equatable, Sendable {
         public var step: Int
-        public var path: String?
+        public var path: CheckpointPath?
     }
 
     /// The rank said hello before the stop was requested.

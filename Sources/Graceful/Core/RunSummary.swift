@@ -9,7 +9,7 @@ public enum RunSummary {
                 index < pids.count ? String(pids[index]) : "-",
                 rank.exit.map(describe) ?? "running",
                 rank.confirmation.map { String($0.step) } ?? (rank.speaksProtocol ? "-" : "n/a"),
-                rank.confirmation?.path ?? "-",
+                rank.confirmation?.path?.description ?? "-",
                 rank.note.map { "\($0)" } ?? "",
             ])
         }

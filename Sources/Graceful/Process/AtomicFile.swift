@@ -6,11 +6,22 @@ enum AtomicFile {
     /// Writes `contents` to a temporary file beside `path`, fsyncs it, renames it over `path`, and
     /// fsyncs the directory so the rename itself is durable.
     static func write(_ contents: String, to path: String) throws(SystemError) {
+        try write(Array(contents.utf8), to: path)
+    }
+
+    /// The same with bytes; `mode` (permission bits), when given, is set exactly, whatever the umask.
+    static func write(_ contents: [UInt8], to path: String, mode: mode_t? = nil) throws(SystemError) {
         let directory = parentDirectory(of: path)
         let temporary = "\(path).tmp.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if fd < 0 { throw SystemError("open \(temporary)") }
-        guard writeAll(fd, contents) else {
+        if let mode, fchmod(fd, mode) != 0 {
+            let error = SystemError("chmod \(temporary)")
+            closeDescriptor(fd)
+            unlink(temporary)
+            throw error
+        }
+        guard contents.withUnsafeBytes({ writeAll(fd, $0) }) else {
             let error = SystemError("write \(temporary)")
             closeDescriptor(fd)
             unlink(temporary)

@@ -9,8 +9,34 @@ final class ControlFileWatcher {
     enum Reading: Equatable {
         case missing
         case state(ControlFileState)
-        /// The file exists but cannot be used (a directory, a fifo, too large, unreadable).
-        case unusable(String)
+        /// The file exists but cannot be used.
+        case unusable(Unusable)
+    }
+
+    /// Why an existing file cannot be read as a control file.
+    enum Unusable: Equatable, CustomStringConvertible {
+        case cannotOpen(errno: Int32)
+        case cannotExamine(errno: Int32)
+        case notRegular(mode: mode_t)
+        case tooLarge
+        case cannotRead(errno: Int32)
+
+        var description: String {
+            switch self {
+            case .cannotOpen(let errno): return "cannot be opened: \(SystemError("open", errno: errno).reason)"
+            case .cannotExamine(let errno): return "cannot be examined: \(SystemError("fstat", errno: errno).reason)"
+            case .notRegular(let mode): return "is \(ControlFileWatcher.kind(mode)), not a regular file"
+            case .tooLarge: return "is larger than \(ControlFileWatcher.maximumSize) bytes"
+            case .cannotRead(let errno): return "cannot be read: \(SystemError("read", errno: errno).reason)"
+            }
+        }
+    }
+
+    /// What one warning stands for: later problems of the same kind stay silent until the file is
+    /// valid or missing again.
+    private enum WarningKind: Hashable {
+        case content(ControlFileProblem.Kind)
+        case unusable
     }
 
     /// Larger files are refused unread: a control file holds a few bytes.
@@ -23,7 +49,7 @@ final class ControlFileWatcher {
     /// The inotify descriptor, or -1 when inotify could not watch the directory.
     let inotifyFD: Int32
     private var lastIdentity: [Int] = []
-    private var lastWarning: String?
+    private var warned: Set<WarningKind> = []
 
     init(path: String) {
         self.path = path
@@ -87,29 +113,29 @@ final class ControlFileWatcher {
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
         if fd < 0 {
             if errno == ENOENT || errno == ENOTDIR { return .missing }
-            return .unusable("cannot be opened: \(SystemError("open").reason)")
+            return .unusable(.cannotOpen(errno: errno))
         }
         defer { closeDescriptor(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { return .unusable("cannot be examined: \(SystemError("fstat").reason)") }
-        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable("is \(Self.kind(info.st_mode)), not a regular file") }
-        guard info.st_size <= Self.maximumSize else { return .unusable("is larger than \(Self.maximumSize) bytes") }
+        guard fstat(fd, &info) == 0 else { return .unusable(.cannotExamine(errno: errno)) }
+        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable(.notRegular(mode: info.st_mode)) }
+        guard info.st_size <= Self.maximumSize else { return .unusable(.tooLarge) }
         var contents: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while contents.count <= Self.maximumSize {
             let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if count < 0 {
                 if errno == EINTR { continue }
-                return .unusable("cannot be read: \(SystemError("read").reason)")
+                return .unusable(.cannotRead(errno: errno))
             }
             if count == 0 { break }
             contents.append(contentsOf: chunk[0..<count])
         }
-        guard contents.count <= Self.maximumSize else { return .unusable("is larger than \(Self.maximumSize) bytes") }
+        guard contents.count <= Self.maximumSize else { return .unusable(.tooLarge) }
         return .state(ControlFileState(contents: contents))
     }
 
-    private static func kind(_ mode: mode_t) -> String {
+    fileprivate static func kind(_ mode: mode_t) -> String {
         switch mode & S_IFMT {
         case S_IFDIR: return "a directory"
         case S_IFIFO: return "a fifo"
@@ -119,19 +145,22 @@ final class ControlFileWatcher {
         }
     }
 
-    /// Reads the file and decides: true when it requests an exit. A problem yields a warning only when
-    /// it differs from the previous one, so a broken file is reported once, not on every event.
+    /// Reads the file and decides: true when it requests an exit. A problem is reported once per
+    /// kind (a file written a byte at a time is invalid after every byte), until the file is valid or
+    /// missing again.
     func evaluate(warn: (String) -> Void) -> Bool {
-        let problem: String?
-        var requestsExit = false
+        let problem: (kind: WarningKind, text: String)
         switch read() {
-        case .missing, .state(.clear): problem = nil
-        case .state(.requestsExit): problem = nil; requestsExit = true
-        case .state(.invalid(let reason)): problem = "\(reason); ignored"
-        case .unusable(let reason): problem = "\(reason); ignored"
+        case .missing, .state(.clear):
+            warned.removeAll()
+            return false
+        case .state(.requestsExit):
+            warned.removeAll()
+            return true
+        case .state(.invalid(let reason)): problem = (.content(reason.kind), "\(reason)")
+        case .unusable(let reason): problem = (.unusable, "\(reason)")
         }
-        if let problem, problem != lastWarning { warn("warning: control file \(path): \(problem)") }
-        lastWarning = problem
-        return requestsExit
+        if warned.insert(problem.kind).inserted { warn("warning: control file \(path): \(problem.text); ignored") }
+        return false
     }
 }

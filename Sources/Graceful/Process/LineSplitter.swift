@@ -1,7 +1,8 @@
 /// Cuts a byte stream into lines, so output from several processes is never interleaved mid-line.
 ///
-/// A line longer than `maximumLength` is delivered in pieces of that length (flagged), so one process
-/// that never writes a newline cannot make the coordinator hold unbounded memory.
+/// A line of up to `maximumLength` bytes (newline excluded) is delivered whole. A longer one is
+/// delivered in pieces of that length (flagged), then its rest, so one process that never writes a
+/// newline cannot make the coordinator hold unbounded memory.
 struct LineSplitter {
     let maximumLength: Int
     private var pending: [UInt8] = []
@@ -18,11 +19,12 @@ struct LineSplitter {
                 lines.append((pending, false))
                 pending.removeAll(keepingCapacity: true)
             } else {
-                pending.append(byte)
-                if pending.count >= maximumLength {
+                // Full, and the line goes on: only now is it known to be too long.
+                if pending.count == maximumLength {
                     lines.append((pending, true))
                     pending.removeAll(keepingCapacity: true)
                 }
+                pending.append(byte)
             }
         }
         return lines

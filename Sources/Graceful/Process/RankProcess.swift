@@ -34,7 +34,7 @@ final class RankProcess {
     }
 
     static func spawn(
-        rank: Int, executable: String, arguments: [String], environment: [(String, String)],
+        rank: Int, executable: String, arguments: [String], environment: [RankEnvironment.Variable],
         doorbellFD: Int32?, openFilesLimit: Int
     ) throws(SpawnError) -> RankProcess {
         var channel: [Int32] = [-1, -1]
@@ -59,7 +59,7 @@ final class RankProcess {
         opened.append(devNull)
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.0)=\($0.1)") } + [nil]
+        let envp = environment.map { Self.entry($0) } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
@@ -94,6 +94,13 @@ final class RankProcess {
             throw fail(failure)
         }
         return RankProcess(rank: rank, pid: pid, pidfd: pidfd, channelFD: channel[0], outputFDs: [stdoutPipe[0], stderrPipe[0]])
+    }
+
+    /// `NAME=value` as a C string, the value's bytes as they are (they need not be UTF-8; no value
+    /// holds NUL: environment values and checkpoint paths cannot).
+    private static func entry(_ variable: RankEnvironment.Variable) -> UnsafeMutablePointer<CChar>? {
+        let bytes = Array(variable.name.utf8) + [UInt8(ascii: "=")] + variable.value + [0]
+        return bytes.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { strdup($0.baseAddress!) } }
     }
 
     /// Sends `signal` to the rank process itself; once it is reaped, to nothing.

@@ -82,10 +82,7 @@ struct Preflight {
 
     private static func loadRecord(_ path: String) throws(RunFailure) -> CommitRecord? {
         do {
-            guard let contents = try AtomicFile.read(path) else { return nil }
-            return try CommitRecord(contents: contents)
-        } catch let error as SystemError {
-            throw .unusableRecord(path: path, reason: "\(error)")
+            return try CommitRecord.load(from: path)
         } catch {
             throw .unusableRecord(path: path, reason: "\(error)")
         }

@@ -1,3 +1,5 @@
+import Glibc
+
 /// The environment of one rank: the coordinator's own, plus what torchrun and msrun scripts read, plus
 /// the protocol's variables (docs/PROTOCOL.md lists them all).
 public struct RankEnvironment: Sendable {
@@ -10,12 +12,16 @@ public struct RankEnvironment: Sendable {
     public var maxRestarts = 0
     /// The committed record to resume from, if any.
     public var resume: CommitRecord?
-    /// Whether the ranks inherit the doorbell (docs/PROTOCOL.md) as `doorbellDescriptor`.
+    /// Whether every rank gets the doorbell (docs/PROTOCOL.md) on `doorbellDescriptor`.
     public var hasDoorbell = false
 
     /// The descriptor numbers the channel and the doorbell have inside every rank.
     public static let channelDescriptor: Int32 = 3
+    /// The descriptor number the doorbell's memory file has inside every rank.
     public static let doorbellDescriptor: Int32 = 4
+
+    /// One variable: its name, and its value as bytes (a resume path need not be UTF-8).
+    public typealias Variable = (name: String, value: [UInt8])
 
     public init(runID: String, runDirectory: String, worldSize: Int, masterAddress: String, masterPort: Int, resume: CommitRecord?) {
         self.runID = runID
@@ -27,7 +33,7 @@ public struct RankEnvironment: Sendable {
     }
 
     /// `inherited` overlaid with the variables of `rank`. Keys are unique; order is stable.
-    public func variables(rank: Int, inherited: [(String, String)]) -> [(String, String)] {
+    public func variables(rank: Int, inherited: [Variable]) -> [Variable] {
         var own: [(String, String)] = [
             ("RANK", String(rank)),
             ("LOCAL_RANK", String(rank)),
@@ -57,23 +63,39 @@ public struct RankEnvironment: Sendable {
             ("GRACEFUL_RESTART_COUNT", String(restartCount)),
         ]
         if hasDoorbell { own.append(("GRACEFUL_DOORBELL_FD", String(Self.doorbellDescriptor))) }
+        var ownVariables: [Variable] = own.map { ($0.0, Array($0.1.utf8)) }
         if let resume {
-            own.append(("GRACEFUL_RESUME_STEP", String(resume.step)))
+            ownVariables.append(("GRACEFUL_RESUME_STEP", Array(String(resume.step).utf8)))
             if rank < resume.paths.count, let path = resume.paths[rank] {
-                own.append(("GRACEFUL_RESUME_PATH", path))
+                ownVariables.append(("GRACEFUL_RESUME_PATH", path.bytes))
             }
         }
-        let ownKeys = Set(own.map(\.0))
+        let ownKeys = Set(ownVariables.map(\.name))
         // The protocol's variables in the coordinator's own environment (a graceful run inside a rank,
         // a shell that exported them) describe another run: none may leak into this one's ranks.
         let dropped: Set<String> = [
             "GRACEFUL_RESUME_STEP", "GRACEFUL_RESUME_PATH", "GRACEFUL_DOORBELL", "GRACEFUL_DOORBELL_FD", "GRACEFUL_CHANNEL_FD",
         ]
-        var result = inherited.filter { !ownKeys.contains($0.0) && !dropped.contains($0.0) }
-        let inheritedKeys = Set(result.map(\.0))
+        var result = inherited.filter { !ownKeys.contains($0.name) && !dropped.contains($0.name) }
+        let inheritedKeys = Set(result.map(\.name))
         // torchrun's defaults: one OpenMP thread per rank when several share the machine.
-        if worldSize > 1 && !inheritedKeys.contains("OMP_NUM_THREADS") { result.append(("OMP_NUM_THREADS", "1")) }
-        if !inheritedKeys.contains("PYTHONUNBUFFERED") { result.append(("PYTHONUNBUFFERED", "1")) }
-        return result + own
+        if worldSize > 1 && !inheritedKeys.contains("OMP_NUM_THREADS") { result.append(("OMP_NUM_THREADS", Array("1".utf8))) }
+        if !inheritedKeys.contains("PYTHONUNBUFFERED") { result.append(("PYTHONUNBUFFERED", Array("1".utf8))) }
+        return result + ownVariables
+    }
+
+    /// This process's environment, values as the bytes they are. A name is decoded as UTF-8 (names
+    /// are ASCII in practice; the variables above are looked up by name).
+    public static func processEnvironment() -> [Variable] {
+        var result: [Variable] = []
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let bytes = UnsafeRawBufferPointer(start: entry, count: strlen(entry))
+            if let equals = bytes.firstIndex(of: UInt8(ascii: "=")) {
+                result.append((String(decoding: bytes[..<equals], as: UTF8.self), Array(bytes[(equals + 1)...])))
+            }
+            pointer += 1
+        }
+        return result
     }
 }

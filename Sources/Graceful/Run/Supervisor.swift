@@ -32,7 +32,7 @@ public final class Supervisor {
     private var preflight: Preflight!
     private var runID = ""
     private var environment: RankEnvironment!
-    private var inherited: [(String, String)] = []
+    private var inherited: [RankEnvironment.Variable] = []
     private var exitCode: Int32?
     private var awaitingGangExit = false
     private var processGuard: ProcessGuard!
@@ -115,7 +115,7 @@ public final class Supervisor {
             // Only speed is lost: every request still goes out on the channels.
             console.report("warning: no doorbell (\(SystemError("memfd_create"))); ranks learn of requests from their channel alone")
         }
-        inherited = Self.currentEnvironment()
+        inherited = RankEnvironment.processEnvironment()
         let header = "=== graceful run \(runID), \(Self.timestamp()) ===\n"
         for rank in 0..<configuration.ranks {
             let logPath = "\(preflight.runDirectory)/rank_\(rank).log"
@@ -397,11 +397,11 @@ public final class Supervisor {
     }
 
     /// Writes the record if every reported checkpoint exists; the event to feed back.
-    private func commit(step: Int, paths: [String?], trigger: String) -> CoordinatorEvent {
+    private func commit(step: Int, paths: [CheckpointPath?], trigger: String) -> CoordinatorEvent {
         for (rank, path) in paths.enumerated() {
             guard let path else { continue }
             var info = stat()
-            if stat(path, &info) != 0 {
+            if path.withCString({ stat($0, &info) }) != 0 {
                 return .commitFailed("rank \(rank)'s checkpoint \(path) does not exist")
             }
         }
@@ -416,9 +416,7 @@ public final class Supervisor {
 
     /// The record on disk now (the one resumed from, or a later commit of this run).
     private func currentRecord() -> CommitRecord? {
-        let path = preflight.runDirectory + "/" + CommitRecord.fileName
-        guard case .some(.some(let contents)) = try? AtomicFile.read(path) else { return nil }
-        return try? CommitRecord(contents: contents)
+        (try? CommitRecord.load(from: preflight.runDirectory + "/" + CommitRecord.fileName)) ?? nil
     }
 
     // MARK: - The end
@@ -458,19 +456,16 @@ public final class Supervisor {
         return code
     }
 
-    /// After a stop the control file asked for, its flag goes back to 0 (other keys kept), so the next
-    /// launch is not refused.
+    /// After a stop the control file asked for, its flag goes back to 0 (every other byte kept), so the
+    /// next launch is not refused.
     private func resetControlFile() {
         let path = configuration.controlFile
-        guard case .some(let contents) = try? AtomicFile.read(path, limit: ControlFileWatcher.maximumSize),
-              case .object(var fields) = try? JSONParser.parse(contents),
-              fields[ControlFileState.key]?.equalsOneLikePython == true
-        else { return }
-        fields[ControlFileState.key] = .int(0)
-        do {
-            try AtomicFile.write(JSONValue.object(fields).serialized + "\n", to: path)
-            console.report("reset \"\(ControlFileState.key)\" to 0 in \(path)")
-        } catch {
+        switch ControlFileReset.reset(path) {
+        case .reset(let file):
+            console.report("reset \"\(ControlFileState.key)\" to 0 in \(file)")
+        case .notRequested:
+            break
+        case .failed(let error):
             console.report("warning: could not reset \(path): \(error); set \"\(ControlFileState.key)\" to 0 before the next launch")
         }
     }
@@ -497,18 +492,5 @@ public final class Supervisor {
         var buffer = [CChar](repeating: 0, count: 32)
         let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%SZ", &parts)
         return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    static func currentEnvironment() -> [(String, String)] {
-        var result: [(String, String)] = []
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                result.append((String(text[..<equals]), String(text[text.index(after: equals)...])))
-            }
-            pointer += 1
-        }
-        return result
     }
 }

@@ -57,6 +57,30 @@ import Testing
         }
     }
 
+    @Test(arguments: [("30", 30.0), ("0.5", 0.5), (".5", 0.5), ("007", 7.0), ("0", 0.0)])
+    func secondsArePlainDecimal(_ text: String, _ seconds: Double) throws {
+        #expect(try run(["run", "--grace", text, "x"]).policy.grace == seconds)
+    }
+
+    @Test(arguments: ["0x10", "1e3", "inf", "nan", "infinity", "+5", "-0", "5.", ".", "", " 5", "5 ", "1_0", "0x1p4", "٣"])
+    func otherNumberSpellingsAreRefused(_ text: String) {
+        #expect(throws: CommandLineInterface.UsageError.self) { try run(["run", "--grace", text, "x"]) }
+        #expect(throws: CommandLineInterface.UsageError.self) { try run(["run", "-n", text, "x"]) }
+    }
+
+    @Test func theErrorNamesTheOptionAndTheValue() {
+        #expect {
+            try run(["run", "--grace", "0x10", "x"])
+        } throws: { error in
+            (error as? CommandLineInterface.UsageError)?.message.hasPrefix(#"--grace: "0x10" is not a number of seconds"#) == true
+        }
+        #expect {
+            try run(["run", "--max-restarts", "+3", "x"])
+        } throws: { error in
+            (error as? CommandLineInterface.UsageError)?.message.hasPrefix(#"--max-restarts: "+3" is not a whole number"#) == true
+        }
+    }
+
     @Test func helpDocumentsEveryOption() throws {
         guard case .help(let text) = try CommandLineInterface.parse(["run", "--help"]) else {
             Issue.record("no help")
