@@ -46,7 +46,7 @@ final class Launched {
         }
         var pid: pid_t = 0
         let sources = [null, out[1], err[1]]
-        let error = graceful_spawn("/bin/sh", argv, envp, sources, 3, 0, &pid)
+        let error = graceful_spawn("/bin/sh", argv, envp, sources, 3, 0, -1, &pid)
         [null, out[1], err[1]].forEach { _ = close($0) }
         guard error == 0 else { throw SpawnError(message: "spawn: \(String(cString: strerror(error)))") }
         self.pid = pid
