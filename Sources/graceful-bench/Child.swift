@@ -51,7 +51,7 @@ final class Child {
     private var delivered = 0
     /// One record is one write of the child's; records larger than this would be cut.
     private static let recordLimit = 1 << 18
-    private static let timestampOption: Int32 = 35  // SO_TIMESTAMPNS, whose control message is a timespec
+    static let timestampOption: Int32 = 35  // SO_TIMESTAMPNS, whose control message is a timespec
 
     /// Starts `path` with `arguments`; `standardInput` (left open here) becomes its fd 0, /dev/null
     /// when nil.
@@ -177,7 +177,7 @@ final class Child {
 
     /// The SCM_TIMESTAMPNS of a received record (CLOCK_REALTIME ns): the control message's header is
     /// a size_t length, an int level and an int type, its data a timespec.
-    private static func timestamp(_ control: UnsafeMutableRawBufferPointer, length: Int) -> Int64? {
+    static func timestamp(_ control: UnsafeMutableRawBufferPointer, length: Int) -> Int64? {
         let header = MemoryLayout<Int>.size + 2 * MemoryLayout<Int32>.size
         guard length >= header + MemoryLayout<timespec>.size,
               control.load(fromByteOffset: MemoryLayout<Int>.size, as: Int32.self) == SOL_SOCKET,

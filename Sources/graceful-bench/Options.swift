@@ -3,13 +3,17 @@ import Glibc
 /// What one benchmark run measures, from the command line.
 struct Options {
     static let usage = """
-        usage: graceful-bench [--quick] [--json PATH] [--ranks N,N,...] [--footprint-ranks N,N,...]
-                              [--idle-seconds S] [--python PATH] [--torchrun PATH]
+        usage: graceful-bench [--quick] [--json PATH] [--only flood] [--ranks N,N,...]
+                              [--footprint-ranks N,N,...] [--idle-seconds S] [--python PATH]
+                              [--torchrun PATH]
 
         Measures graceful's stop fan-out, control-file detection, per-step client cost, footprint and
-        launch time, next to the machine's own limits (docs/BENCHMARKS.md). Prints a table; --json
-        writes the same figures. --quick: small N and short windows, a few seconds in all (a smoke
-        test, not figures to quote).
+        launch time, and the coordinator under a rank flooding its output, next to the machine's own
+        limits (docs/BENCHMARKS.md). Prints a table; --json writes the same figures. --quick: small N
+        and short windows, a few seconds in all (a smoke test, not figures to quote).
+
+          --only flood          only the output flood (stop latency and memory under flood, relay
+                                throughput), with the machine's description
 
           --ranks               rank counts for fan-out and launch (default 8,64,256,1024; quick 4)
           --footprint-ranks     rank counts for the idle footprint (default 64,1024; quick 4)
@@ -26,6 +30,9 @@ struct Options {
     var idleSeconds = 10.0
     var python = "python3"
     var torchrun: String? = "/tmp/torchvenv/bin/torchrun"
+    /// The one part to run (`--only`); nil: every part.
+    var only: String?
+    static let parts = ["flood"]
 
     init(_ arguments: [String]) throws {
         var explicit: Set<String> = []
@@ -56,6 +63,10 @@ struct Options {
                 idleSeconds = seconds
             case "--python": python = try value(name)
             case "--torchrun": torchrun = try value(name)
+            case "--only":
+                let part = try value(name)
+                guard Options.parts.contains(part) else { throw BenchError("--only takes one of: \(Options.parts.joined(separator: ", "))") }
+                only = part
             case "-h", "--help":
                 print(Options.usage)
                 exit(0)
@@ -97,4 +108,14 @@ struct Options {
     /// Trivial jobs timed per launcher, and how long the ranks of the memory comparison sleep.
     var comparisonRuns: Int { quick ? 1 : 3 }
     var comparisonSleepSeconds: Double { quick ? 0.3 : 2 }
+
+    /// Output flood: launches per console mode of the stop under flood, and seconds of flood before
+    /// each stop.
+    var floodTrials: Int { quick ? 2 : 5 }
+    var floodSeconds: Double { quick ? 0.2 : 1 }
+
+    /// Output flood, relay throughput: (bytes per line with its newline, lines) per shape.
+    var floodThroughputShapes: [(lineBytes: Int, lines: Int)] {
+        quick ? [(2, 500_000), (100, 20_000)] : [(2, 20_000_000), (100, 1_000_000)]
+    }
 }

@@ -1,37 +1,48 @@
 import Foundation
 
 /// Everything one benchmark run measured, printed as a table and written as JSON with the same figures.
+/// With `--only flood`, the parts not run are nil or empty, and left out of both.
 struct Report {
     let quick: Bool
     let machine: Machine
-    let limits: Limits
-    let stepCost: StepCost
+    let limits: Limits?
+    let stepCost: StepCost?
     let fanOut: [FanOutResult]
     let rawFanOut: [RawFanOut]
     let launch: [LaunchResult]
     let footprint: [Footprint]
-    let comparison: Comparison
+    let comparison: Comparison?
+    let flood: Flood?
     let leftoverProcesses: Int
 
-    /// Launches of `graceful run` (each ended by one stop).
-    var launches: Int { fanOut.map(\.trials.count).reduce(0, +) + footprint.count }
+    /// Launches of `graceful run` (each ended by one stop, or for the flood's relay throughput, by
+    /// its rank's end).
+    var launches: Int { fanOut.map(\.trials.count).reduce(0, +) + footprint.count + (flood?.launches ?? 0) }
 
     /// "N ranks: why" for each launch whose stop did not end with exit 0.
     var uncleanStops: [String] {
         fanOut.flatMap(\.trials).compactMap { trial in trial.error.map { "\(trial.ranks) ranks: \($0)" } }
             + footprint.compactMap { entry in entry.error.map { "\(entry.ranks) ranks: \($0)" } }
+            + (flood?.errors ?? [])
     }
 
     var json: [String: Any] {
-        [
-            "schema": 1, "quick": quick, "machine": machine.json, "limits": limits.json,
-            "step_cost": stepCost.json, "fan_out": fanOut.map(\.json), "raw_fan_out": rawFanOut.map(\.json),
-            "launch": launch.map(\.json), "footprint": footprint.map(\.json), "comparison": comparison.json,
+        var json: [String: Any] = [
+            "schema": 1, "quick": quick, "machine": machine.json,
             "clean": [
                 "launches": launches, "clean_stops": launches - uncleanStops.count,
                 "leftover_processes": leftoverProcesses, "unclean": uncleanStops,
             ],
         ]
+        if let limits { json["limits"] = limits.json }
+        if let stepCost { json["step_cost"] = stepCost.json }
+        if !fanOut.isEmpty { json["fan_out"] = fanOut.map(\.json) }
+        if !rawFanOut.isEmpty { json["raw_fan_out"] = rawFanOut.map(\.json) }
+        if !launch.isEmpty { json["launch"] = launch.map(\.json) }
+        if !footprint.isEmpty { json["footprint"] = footprint.map(\.json) }
+        if let comparison { json["comparison"] = comparison.json }
+        if let flood { json["flood"] = flood.json }
+        return json
     }
 
     /// Writes `json`; a figure that could not be measured (nan) is written as null.
@@ -54,6 +65,18 @@ struct Report {
         out.append("machine: \(machine.processors) CPUs, \(machine.cpu), Linux \(machine.kernel), \(machine.memoryMegabytes) MB")
         out.append("         \(machine.swift); \(machine.python)")
         out.append("")
+        if let limits, let stepCost, let comparison {
+            out += parts(limits, stepCost, comparison)
+        }
+        if let flood { out += floodTable(flood) }
+        out.append("clean: \(launches - uncleanStops.count) of \(launches) launches of graceful run stopped with exit 0; \(leftoverProcesses) processes left behind")
+        out += uncleanStops.map { "  not clean: " + $0 }
+        return out.joined(separator: "\n")
+    }
+
+    /// The parts before the output flood, as they were before it was added.
+    private func parts(_ limits: Limits, _ stepCost: StepCost, _ comparison: Comparison) -> [String] {
+        var out: [String] = []
         out.append("physical limits, one way (µs)")
         out += columns([
             ["", "p50", "p99", "max", "n"],
@@ -133,9 +156,50 @@ struct Report {
         }
         out += columns(comparisonRows)
         out.append("")
-        out.append("clean: \(launches - uncleanStops.count) of \(launches) launches of graceful run stopped with exit 0; \(leftoverProcesses) processes left behind")
-        out += uncleanStops.map { "  not clean: " + $0 }
-        return out.joined(separator: "\n")
+        return out
+    }
+
+    private func floodTable(_ flood: Flood) -> [String] {
+        var out: [String] = []
+        out.append("output flood: stop (ms from kill(SIGTERM) to graceful; rank 0 is `yes`, rank 1 sleeps; \(number(flood.floodSeconds)) s of flood first)")
+        var stopRows = [[
+            "console", "trials", "stop line p50", "p99", "yes rank ended p50", "p99", "graceful exited p50", "p99",
+            "max VmRSS MB", "max VmHWM MB", "relayed MB/s p50", "console lines", "dropped",
+        ]]
+        for result in flood.stops {
+            let drained = result.console == .drained
+            stopRows.append([
+                drained ? "drained here" : "stalled (unread pipe)", "\(result.trials.count)",
+                number(result.stopLine.p50), number(result.stopLine.p99),
+                number(result.rankEnded.p50), number(result.rankEnded.p99), number(result.exited.p50), number(result.exited.p99),
+                number(Double(result.peakResidentKilobytes) / 1024), number(Double(result.peakHighWaterKilobytes) / 1024),
+                number(result.relayedMegabytesPerSecond.p50),
+                drained ? "\(result.consoleLines)" : "-", drained ? "\(result.droppedReported)" : "-",
+            ])
+        }
+        out += columns(stopRows)
+        out.append("  stop line: the kernel's stamp of graceful's `stop requested` line (a stalled console cannot be read)")
+        out.append("  yes rank ended: rank 0 seen a zombie or gone, polled every 0.2 ms; relayed: rank_0.log's bytes over the flood")
+        out.append("  VmRSS sampled every 100 ms from the start of the flood to graceful's exit; dropped: rank lines graceful reported not shown")
+        out.append("")
+        out.append("output flood: relay throughput (one rank writing as fast as it can, console drained here)")
+        var throughputRows = [[
+            "line bytes", "lines", "MB", "wall s", "lines/s", "log MB/s", "console lines", "console MB/s", "dropped",
+            "log complete", "max VmRSS MB", "cat wall s", "cat lines/s", "cat MB/s",
+        ]]
+        for entry in flood.throughput {
+            throughputRows.append([
+                "\(entry.lineBytes)", "\(entry.lines)", number(Double(entry.payloadBytes) / 1e6), number(entry.seconds),
+                number(entry.linesPerSecond), number(entry.logMegabytesPerSecond), "\(entry.consoleLines)",
+                number(entry.consoleMegabytesPerSecond), "\(entry.droppedReported)",
+                entry.logLines == entry.lines ? "yes" : "\(entry.logLines) lines", number(Double(entry.peakResidentKilobytes) / 1024),
+                number(entry.catSeconds), number(entry.catLinesPerSecond), number(entry.catMegabytesPerSecond),
+            ])
+        }
+        out += columns(throughputRows)
+        out.append("  wall: from starting graceful run to its exit; console MB/s counts the `[rank0]: ` prefixes; cat: the same generator | cat, same drain")
+        out.append("")
+        return out
     }
 
     private func row(_ name: String, _ summary: Summary) -> [String] {

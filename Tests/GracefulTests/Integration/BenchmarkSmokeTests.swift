@@ -58,6 +58,27 @@ import Testing
         let comparison = try object(report, "comparison")
         expectNumbers(try object(comparison, "graceful"), ["trivial_job_s", "agent_vm_hwm_kb"])
         #expect(try object(comparison, "torchrun")["available"] is Bool)
+        let flood = try object(report, "flood")
+        expectNumbers(flood, ["flood_s"], "flood")
+        let stops = try entries(flood, "stop")
+        #expect(Set(stops.compactMap { $0["console"] as? String }) == ["drained", "stalled"])
+        for entry in stops {
+            expectNumbers(entry, ["trials", "flood_s", "vm_rss_max_kb", "vm_hwm_max_kb", "clean_stops"], "flood stop")
+            var keys = ["rank_ended_ms", "exited_ms", "relayed_mb_per_s"]
+            if entry["console"] as? String == "drained" {
+                keys.append("stop_line_ms")
+                expectNumbers(entry, ["console_lines", "console_lines_dropped_reported"], "flood stop")
+            }
+            for key in keys { expectNumbers(try object(entry, key), Self.summaryKeys, "flood stop \(key)") }
+        }
+        for entry in try entries(flood, "throughput") {
+            expectNumbers(entry, [
+                "line_bytes", "lines", "payload_bytes", "wall_s", "log_bytes", "log_lines", "lines_per_s", "log_mb_per_s",
+                "console_lines", "console_bytes", "console_lines_per_s", "console_mb_per_s",
+                "console_lines_dropped_reported", "vm_rss_max_kb", "exit_code",
+            ], "flood throughput")
+            expectNumbers(try object(entry, "cat"), ["wall_s", "lines", "lines_per_s", "mb_per_s"], "flood throughput cat")
+        }
         expectNumbers(try object(report, "clean"), ["launches", "clean_stops", "leftover_processes"])
     }
 
