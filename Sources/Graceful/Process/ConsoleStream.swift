@@ -77,8 +77,10 @@ final class ConsoleStream {
             droppedTotal += lines
             return
         }
-        if written > 0 && written == pending.count {
-            pending.removeAll(keepingCapacity: true)
+        // What was written is dropped once it is half the buffer: the memory held stays within a
+        // few times `capacity` however long a console keeps up only in part.
+        if written > 0 && (written == pending.count || written >= Self.capacity / 2) {
+            pending.removeFirst(written)
             written = 0
         }
         pending.append(contentsOf: bytes)

@@ -61,7 +61,7 @@ struct Walk {
         var startedAt: Instant
         var helloBefore: [Bool]
         var step: Int??
-        var confirmations: [[(step: Int, path: String)]]
+        var confirmations: [[(step: Int, path: CheckpointPath)]]
         var commitAsked = false
     }
     var round: Round?
@@ -140,7 +140,7 @@ struct Walk {
                 let decided = round?.step.flatMap { $0 } ?? 11
                 let step = random.chance(0.7) ? decided : randomStepNumber(near: decided)
                 pathCounter += 1
-                try send(.checkpointed(rank: rank, step: step, path: "r\(rank)c\(pathCounter)"))
+                try send(.checkpointed(rank: rank, step: step, path: CheckpointPath("r\(rank)c\(pathCounter)")))
             }
         case 60..<65:
             if let rank = living.randomElement(using: &random) { try send(.exited(rank: rank, randomStatus())) }

@@ -160,7 +160,7 @@ import Testing
             _ = write(fd, text, text.count)
             close(fd)
             var pid: pid_t = 0
-            guard graceful_spawn("/bin/sleep", argv, envp, [null, null, null], 3, 0, &pid) == 0 else { return nil }
+            guard graceful_spawn("/bin/sleep", argv, envp, [null, null, null], 3, 0, -1, &pid) == 0 else { return nil }
             if pid == wanted { return pid }
             kill(pid, SIGKILL)
             var status: Int32 = 0
