@@ -215,24 +215,202 @@ int graceful_pidfd_signal(int pidfd, int sig) {
     return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) == 0 ? 0 : errno;
 }
 
-/// The guard's messages: one byte, with a pidfd attached to a watch.
-enum { GUARD_WATCH = 'W', GUARD_RELEASE = 'R' };
+/// The guard's messages: a kind and a pid, with the pidfd of that pid attached.
+enum { GUARD_RANK = 'K', GUARD_WATCH = 'W', GUARD_RELEASE = 'R' };
+struct guard_message {
+    char kind;
+    int32_t pid;
+};
+
+/// What the guard holds: a process, proven the coordinator's, and whether it leads a rank's group.
+struct guard_entry {
+    int fd;
+    pid_t pid;
+    int is_rank;
+};
+
+static int alive(int pidfd) { return graceful_pidfd_signal(pidfd, 0) == 0; }
+
+/// Reads a whole small file with raw system calls (no malloc: the guard is a fork of a process that
+/// may have threads). Returns the length, or -1.
+static ssize_t read_file(const char *path, char *buffer, size_t size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t total = 0;
+    while (total < size - 1) {
+        ssize_t got = read(fd, buffer + total, size - 1 - total);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        total += (size_t)got;
+    }
+    close(fd);
+    buffer[total] = 0;
+    return (ssize_t)total;
+}
+
+static int format_path(char *out, size_t size, const char *a, long n, const char *b, long m, const char *c) {
+    // "/proc/<n><b>[<m><c>]" without snprintf's locale and malloc.
+    char digits[2][24];
+    long values[2] = {n, m};
+    for (int k = 0; k < 2; k++) {
+        char reversed[24];
+        int length = 0;
+        long value = values[k] < 0 ? 0 : values[k];
+        do { reversed[length++] = (char)('0' + value % 10); value /= 10; } while (value && length < 23);
+        for (int d = 0; d < length; d++) digits[k][d] = reversed[length - 1 - d];
+        digits[k][length] = 0;
+    }
+    const char *parts[5] = {a, digits[0], b, m >= 0 ? digits[1] : "", m >= 0 ? c : ""};
+    size_t used = 0;
+    for (int k = 0; k < 5; k++) {
+        for (const char *p = parts[k]; *p; p++) {
+            if (used + 1 >= size) return -1;
+            out[used++] = *p;
+        }
+    }
+    out[used] = 0;
+    return 0;
+}
+
+/// The parent and process group of `pid` from /proc/<pid>/stat (counted after the command's last ')').
+static int read_stat(pid_t pid, pid_t *parent, pid_t *group) {
+    char path[64], text[1024];
+    if (format_path(path, sizeof path, "/proc/", pid, "/stat", -1, "") != 0) return -1;
+    if (read_file(path, text, sizeof text) <= 0) return -1;
+    char *close_paren = strrchr(text, ')');
+    if (!close_paren) return -1;
+    // ") S ppid pgrp"
+    char *p = close_paren + 2;
+    while (*p && *p != ' ') p++;
+    long values[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        if (*p != ' ') return -1;
+        p++;
+        long value = 0;
+        while (*p >= '0' && *p <= '9') value = value * 10 + (*p++ - '0');
+        values[k] = value;
+    }
+    *parent = (pid_t)values[0];
+    *group = (pid_t)values[1];
+    return 0;
+}
+
+static int known(const struct guard_entry *entries, int count, pid_t pid) {
+    for (int i = 0; i < count; i++) {
+        if (entries[i].pid == pid) return 1;
+    }
+    return 0;
+}
+
+/// Adds `pid` when, with a pidfd opened first, its stat (read after) shows `parent` as its parent or
+/// `group` as its group, and both it and `witness` (the parent, or the group's leader) are still
+/// alive after the read: then the stat was of this very process, and the parent or leader it names
+/// was ours all along. The process is stopped at once, so it can neither fork nor exit unseen.
+static int adopt(struct guard_entry *entries, int *count, int capacity, pid_t pid, pid_t parent, pid_t group,
+                 int witness) {
+    if (*count >= capacity || known(entries, *count, pid)) return 0;
+    int fd = graceful_pidfd_open(pid);
+    if (fd < 0) return 0;
+    pid_t actual_parent, actual_group;
+    if (read_stat(pid, &actual_parent, &actual_group) == 0 &&
+        ((parent > 0 && actual_parent == parent) || (group > 0 && actual_group == group)) && alive(fd) &&
+        alive(witness)) {
+        graceful_pidfd_signal(fd, SIGSTOP);
+        entries[(*count)++] = (struct guard_entry){.fd = fd, .pid = pid, .is_rank = 0};
+        return 1;
+    }
+    close(fd);
+    return 0;
+}
+
+/// The children of every thread of entry `index`, adopted.
+static void adopt_children(struct guard_entry *entries, int *count, int capacity, int index) {
+    static char listing[65536];
+    static char children[65536];
+    char path[96];
+    pid_t pid = entries[index].pid;
+    if (format_path(path, sizeof path, "/proc/", pid, "/task", -1, "") != 0) return;
+    int directory = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) return;
+    for (;;) {
+        long got = syscall(SYS_getdents64, directory, listing, sizeof listing);
+        if (got <= 0) break;
+        for (long offset = 0; offset < got;) {
+            struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *entry =
+                (void *)(listing + offset);
+            offset += entry->reclen;
+            long thread = 0;
+            const char *c = entry->name;
+            if (*c < '0' || *c > '9') continue;
+            while (*c >= '0' && *c <= '9') thread = thread * 10 + (*c++ - '0');
+            if (format_path(path, sizeof path, "/proc/", pid, "/task/", thread, "/children") != 0) continue;
+            if (read_file(path, children, sizeof children) <= 0) continue;
+            for (char *p = children; *p;) {
+                long child = 0;
+                while (*p >= '0' && *p <= '9') child = child * 10 + (*p++ - '0');
+                if (child > 0) adopt(entries, count, capacity, (pid_t)child, pid, 0, entries[index].fd);
+                while (*p && (*p < '0' || *p > '9')) p++;
+            }
+        }
+    }
+    close(directory);
+}
+
+/// Every process still in the group of rank entry `index` (some may have left its subtree), adopted
+/// while the rank itself, which pins the group id, is alive.
+static void adopt_group(struct guard_entry *entries, int *count, int capacity, int index) {
+    static char listing[65536];
+    int directory = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) return;
+    for (;;) {
+        long got = syscall(SYS_getdents64, directory, listing, sizeof listing);
+        if (got <= 0) break;
+        for (long offset = 0; offset < got;) {
+            struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *entry =
+                (void *)(listing + offset);
+            offset += entry->reclen;
+            long pid = 0;
+            const char *c = entry->name;
+            if (*c < '0' || *c > '9') continue;
+            while (*c >= '0' && *c <= '9') pid = pid * 10 + (*c++ - '0');
+            pid_t parent, group;
+            if (pid == entries[index].pid || read_stat((pid_t)pid, &parent, &group) != 0) continue;
+            if (group == entries[index].pid) adopt(entries, count, capacity, (pid_t)pid, 0, group, entries[index].fd);
+        }
+    }
+    close(directory);
+}
+
+/// The coordinator is gone: stop everything held, find what lives below it and in the ranks'
+/// groups (each proven while the process naming it is stopped and alive), then SIGKILL them all.
+static void guard_sweep(struct guard_entry *entries, int count, int capacity) {
+    for (int i = 0; i < count; i++) graceful_pidfd_signal(entries[i].fd, SIGSTOP);
+    int held = count;
+    for (int i = 0; i < held; i++) {
+        if (entries[i].is_rank && alive(entries[i].fd)) adopt_group(entries, &count, capacity, i);
+    }
+    // Breadth first over everything held or found; what is found is appended and visited in turn.
+    for (int i = 0; i < count; i++) {
+        if (alive(entries[i].fd)) adopt_children(entries, &count, capacity, i);
+    }
+    for (int i = 0; i < count; i++) graceful_pidfd_signal(entries[i].fd, SIGKILL);
+}
 
 /// Closes the pidfds of processes that are gone (reaped), keeping the live ones at the front.
-static int guard_prune(int *fds, int count) {
+static int guard_prune(struct guard_entry *entries, int count) {
     int kept = 0;
     for (int i = 0; i < count; i++) {
-        if (graceful_pidfd_signal(fds[i], 0) == ESRCH) {
-            close(fds[i]);
+        if (alive(entries[i].fd)) {
+            entries[kept++] = entries[i];
         } else {
-            fds[kept++] = fds[i];
+            close(entries[i].fd);
         }
     }
     return kept;
 }
 
 static void guard_main(int input, int keep_fd, int max_fd) {
-    // Async-signal-safe calls only (the coordinator may have threads).
+    // Async-signal-safe calls and raw system calls only (the coordinator may have threads).
     struct sigaction ignore;
     memset(&ignore, 0, sizeof ignore);
     ignore.sa_handler = SIG_IGN;
@@ -253,18 +431,21 @@ static void guard_main(int input, int keep_fd, int max_fd) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    // Bounded by the descriptors the guard may hold; the dead are pruned when it fills up.
+    // Bounded by the descriptors the guard may hold; the dead are pruned when it fills up. The sweep
+    // may find as many again.
     struct rlimit limit;
     long capacity = getrlimit(RLIMIT_NOFILE, &limit) == 0 ? (long)limit.rlim_cur - 16 : 1000;
     if (capacity > 1 << 20) capacity = 1 << 20;
     if (capacity < 16) capacity = 16;
-    int *fds = mmap(NULL, (size_t)capacity * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (fds == MAP_FAILED) _exit(1);
+    struct guard_entry *entries = mmap(NULL, (size_t)capacity * sizeof *entries, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (entries == MAP_FAILED) _exit(1);
     int count = 0;
     for (;;) {
-        char byte = 0;
+        struct guard_message payload;
+        memset(&payload, 0, sizeof payload);
         char control[CMSG_SPACE(sizeof(int))];
-        struct iovec vector = {.iov_base = &byte, .iov_len = 1};
+        struct iovec vector = {.iov_base = &payload, .iov_len = sizeof payload};
         struct msghdr message;
         memset(&message, 0, sizeof message);
         message.msg_iov = &vector;
@@ -280,16 +461,16 @@ static void guard_main(int input, int keep_fd, int max_fd) {
                 memcpy(&received, CMSG_DATA(header), sizeof received);
             }
         }
-        if (byte == GUARD_RELEASE) _exit(0);
+        if (payload.kind == GUARD_RELEASE) _exit(0);
         if (received < 0) continue;
-        if (count == capacity) count = guard_prune(fds, count);
-        if (count < capacity) {
-            fds[count++] = received;
+        if (count >= capacity / 2) count = guard_prune(entries, count);
+        if (count < capacity / 2) {
+            entries[count++] = (struct guard_entry){.fd = received, .pid = payload.pid, .is_rank = payload.kind == GUARD_RANK};
         } else {
             close(received);
         }
     }
-    for (int i = 0; i < count; i++) graceful_pidfd_signal(fds[i], SIGKILL);
+    guard_sweep(entries, count, (int)capacity);
     _exit(0);
 }
 
@@ -326,10 +507,14 @@ pid_t graceful_start_guard(int keep_fd, int *socket_fd) {
     return pid;
 }
 
-static int guard_send(int socket_fd, char byte, int pidfd) {
+static int guard_send(int socket_fd, char kind, pid_t pid, int pidfd) {
     char control[CMSG_SPACE(sizeof(int))];
     memset(control, 0, sizeof control);
-    struct iovec vector = {.iov_base = &byte, .iov_len = 1};
+    struct guard_message payload;
+    memset(&payload, 0, sizeof payload);
+    payload.kind = kind;
+    payload.pid = pid;
+    struct iovec vector = {.iov_base = &payload, .iov_len = sizeof payload};
     struct msghdr message;
     memset(&message, 0, sizeof message);
     message.msg_iov = &vector;
@@ -345,15 +530,17 @@ static int guard_send(int socket_fd, char byte, int pidfd) {
     }
     ssize_t sent;
     do { sent = sendmsg(socket_fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
-    return sent == 1 ? 0 : errno;
+    return sent == (ssize_t)sizeof payload ? 0 : errno;
 }
 
-int graceful_guard_watch(int socket_fd, int pidfd) { return guard_send(socket_fd, GUARD_WATCH, pidfd); }
+int graceful_guard_watch(int socket_fd, pid_t pid, int pidfd, int is_rank) {
+    return guard_send(socket_fd, is_rank ? GUARD_RANK : GUARD_WATCH, pid, pidfd);
+}
 
 int graceful_guard_release(int socket_fd) {
     // The guard reads in order: after a watch backlog, the release still arrives; wait for room.
     for (int tries = 0; tries < 200; tries++) {
-        int error = guard_send(socket_fd, GUARD_RELEASE, -1);
+        int error = guard_send(socket_fd, GUARD_RELEASE, 0, -1);
         if (error != EAGAIN) return error;
         struct pollfd wait = {.fd = socket_fd, .events = POLLOUT};
         poll(&wait, 1, 10);

@@ -155,7 +155,7 @@ struct Flood {
 
     /// The count graceful's closing report gives of rank lines it did not show (0: none).
     private static func droppedReported(_ lines: [FloodProcess.Line]) -> Int {
-        for line in lines.reversed() where line.text.contains("line(s) of rank output were not shown") {
+        for line in lines.reversed() where line.text.contains("line(s) of rank output were dropped from the console") {
             if let count = line.text.split(separator: " ").first(where: { Int($0) != nil }).flatMap({ Int($0) }) {
                 return count
             }

@@ -51,14 +51,16 @@ int graceful_pidfd_signal(int pidfd, int sig);
 /// Starts the guard: a forked process, in a session of its own and ignoring every catchable signal,
 /// that receives pidfds over a datagram socket (`graceful_guard_watch`). When the socket reaches end
 /// of file without `graceful_guard_release`, the coordinator has died (even by SIGKILL): the guard
-/// sends SIGKILL through every pidfd it holds and exits. A pidfd never reaches a recycled pid, so the
-/// guard cannot hit a process that is not the job's. `keep_fd` (when >= 0, e.g. the run directory's
-/// lock) stays open in the guard until it exits. Stores the coordinator's end of the socket
-/// (close-on-exec, non-blocking). Returns the guard's pid, or -1 with errno.
+/// stops (SIGSTOP) every process it holds, finds what lives below them and what is still in a rank's
+/// process group (each proven with a pidfd while the process that names it is stopped and alive),
+/// and SIGKILLs them all. A pidfd never reaches a recycled pid, so the guard cannot hit a process
+/// that is not the job's. `keep_fd` (when >= 0, e.g. the run directory's lock) stays open in the
+/// guard until it exits. Stores the coordinator's end of the socket (close-on-exec, non-blocking).
+/// Returns the guard's pid, or -1 with errno.
 pid_t graceful_start_guard(int keep_fd, int *socket_fd);
-/// Hands the guard a duplicate of `pidfd` to kill if the coordinator dies. Never blocks: returns 0, or
-/// an errno value (EAGAIN when a stopped guard lets its socket fill up).
-int graceful_guard_watch(int socket_fd, int pidfd);
+/// Hands the guard a duplicate of `pidfd`, the process `pid` (a rank's group leader when `is_rank`).
+/// Never blocks: returns 0, or an errno value (EAGAIN when a stopped guard lets its socket fill up).
+int graceful_guard_watch(int socket_fd, pid_t pid, int pidfd, int is_rank);
 /// Tells the guard the coordinator ends on purpose: it exits without killing anything.
 int graceful_guard_release(int socket_fd);
 

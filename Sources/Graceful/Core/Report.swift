@@ -149,7 +149,7 @@ extension Problem: CustomStringConvertible {
             return "rank \(rank) ended (\(status)) before confirming a checkpoint"
         case .endedBeforeStop(let ended):
             let ranks = ended.map { "rank \($0.rank) (\($0.status))" }.joined(separator: ", ")
-            return "\(ranks) had already ended when the stop was requested, so no step can be saved by every rank"
+            return "\(ranks) ended before the stop was requested, so no step can be saved by every rank"
         case .didNotStopCleanly(let rank, let status):
             return "rank \(rank) (no protocol) did not stop cleanly (\(status))"
         case .notConfirmedInTime(let ranks, let grace):

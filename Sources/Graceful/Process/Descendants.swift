@@ -36,8 +36,9 @@ struct Descendant {
 struct Descendants {
     private(set) var processes: [Descendant] = []
 
-    /// Every descendant of the calling process except the pids in `excluded` (and their subtrees).
-    static func walk(excluding excluded: Set<pid_t> = []) -> Descendants {
+    /// Every descendant of the calling process except the pids in `excluded` (and their subtrees);
+    /// with `childrenOnly`, its direct children alone.
+    static func walk(excluding excluded: Set<pid_t> = [], childrenOnly: Bool = false) -> Descendants {
         var result = Descendants()
         var frontier: [(pid: pid_t, pidfd: Int32)] = [(getpid(), -1)]
         var buffer = [UInt8](repeating: 0, count: 16384)
@@ -45,7 +46,7 @@ struct Descendants {
             for child in childPIDs(of: node.pid, buffer: &buffer) where !excluded.contains(child) {
                 guard let found = prove(child, parent: node, buffer: &buffer) else { continue }
                 result.processes.append(found)
-                frontier.append((found.pid, found.pidfd))
+                if !childrenOnly { frontier.append((found.pid, found.pidfd)) }
             }
         }
         return result

@@ -1,51 +1,70 @@
 import CGraceful
 import Glibc
 
-/// The guard process: if the coordinator dies, even by SIGKILL, it kills every process it was
-/// handed, through pidfds (so never a process that reused a pid). It also holds the run directory's
-/// lock until then, so no second run starts while processes of this one may still be alive.
+/// The guard process: if the coordinator dies, even by SIGKILL, it stops and kills every process it
+/// was handed, everything below them and everything still in a rank's process group, through pidfds
+/// (so never a process that reused a pid; `graceful_start_guard` says how each is proven). It also
+/// holds the run directory's lock until then, so no second run starts while processes of this one
+/// may still be alive.
 ///
+/// It is handed each rank at launch and the orphans the coordinator adopted (they are in no rank's
+/// subtree any more) as it sees them. A guard that dies is replaced and handed everything again.
 /// Every message to it is non-blocking: a stopped guard can make the coordinator lose protection,
 /// never make it wait.
 final class ProcessGuard {
-    private(set) var pid: pid_t
-    private var socket: Int32
+    private(set) var pid: pid_t = -1
+    private var socket: Int32 = -1
+    private let lockFD: Int32
     /// The processes handed over, so each is sent once; vanished ones are forgotten at each refresh.
     private var watched: Set<Descendant.Identity> = []
-    /// Whether a process could not be handed over (the guard stopped reading); reported once.
-    private(set) var lagging = false
 
     init(keeping lockFD: Int32) throws(SystemError) {
+        self.lockFD = lockFD
+        try start()
+    }
+
+    private func start() throws(SystemError) {
         var socket: Int32 = -1
         pid = graceful_start_guard(lockFD, &socket)
         if pid < 0 { throw SystemError("starting the guard process") }
         self.socket = socket
     }
 
-    /// Hands over one process (a rank just spawned). Returns false when it could not be delivered.
-    @discardableResult
-    func watch(pidfd: Int32) -> Bool {
-        guard socket >= 0 else { return false }
-        let delivered = graceful_guard_watch(socket, pidfd) == 0
-        if !delivered { lagging = true }
-        return delivered
+    /// Hands over a rank just spawned.
+    func watch(rank process: RankProcess) {
+        guard socket >= 0 else { return }
+        _ = graceful_guard_watch(socket, process.pid, process.pidfd, 1)
     }
 
-    /// Hands over every process of `snapshot` not handed over before.
+    /// Hands over every process of `snapshot` not handed over before (a snapshot of the coordinator's
+    /// direct children: ranks, which it has, and adopted orphans, which it needs).
     func watch(_ snapshot: Descendants) {
+        guard socket >= 0 else { return }
         var current: Set<Descendant.Identity> = []
         for process in snapshot.processes {
             current.insert(process.identity)
-            if !watched.contains(process.identity), watch(pidfd: process.pidfd) { watched.insert(process.identity) }
+            if !watched.contains(process.identity), graceful_guard_watch(socket, process.pid, process.pidfd, 0) == 0 {
+                watched.insert(process.identity)
+            }
         }
         watched.formIntersection(current)
     }
 
-    /// The guard was reaped although the coordinator did not release it.
-    func ended() {
-        pid = -1
+    /// The guard was reaped although the coordinator did not release it: a new one takes its place,
+    /// handed the ranks of `gang` (the caller hands the rest at its next refresh). Returns false when
+    /// none could be started.
+    func replace(handing gang: [RankProcess]) -> Bool {
         closeDescriptor(socket)
         socket = -1
+        pid = -1
+        watched = []
+        do {
+            try start()
+        } catch {
+            return false
+        }
+        gang.filter { $0.pidfd >= 0 }.forEach(watch(rank:))
+        return true
     }
 
     /// The coordinator ends on purpose: the guard exits without killing anything, and is reaped. A

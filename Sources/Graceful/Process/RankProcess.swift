@@ -4,7 +4,7 @@ import Glibc
 /// One rank's process and the coordinator's ends of its pipes and channel.
 ///
 /// The child starts with default signal dispositions, an empty signal mask, its own process group,
-/// SIGKILL as its parent-death signal, the open-files limit the coordinator was started with, stdin on
+/// no parent-death signal (the guard must find it alive to find what it started), the open-files limit the coordinator was started with, stdin on
 /// /dev/null, stdout and stderr on pipes, the channel on descriptor 3, the doorbell on 4 (when there
 /// is one) and no other descriptor.
 final class RankProcess {
@@ -71,7 +71,7 @@ final class RankProcess {
             precondition(sources.count - 1 == Int(RankEnvironment.doorbellDescriptor))
         }
         var pid: pid_t = 0
-        error = graceful_spawn(executable, argv, envp, sources, Int32(sources.count), SIGKILL, openFilesLimit, &pid)
+        error = graceful_spawn(executable, argv, envp, sources, Int32(sources.count), 0, openFilesLimit, &pid)
         // The child's ends belong to the child now (or to nobody, on failure).
         [devNull, stdoutPipe[1], stderrPipe[1], channel[1]].forEach(closeDescriptor)
         opened = [channel[0], stdoutPipe[0], stderrPipe[0]]

@@ -29,7 +29,7 @@ struct RunReport {
             lines += RunSummary.table(ranks: attempt.ranks, pids: attemptPIDs).map { "  " + $0 }
         }
         if droppedConsoleLines > 0 {
-            lines.append("\(droppedConsoleLines) line(s) of rank output were not shown (the console did not keep up); \(runDirectory)/rank_N.log has them all")
+            lines.append("\(droppedConsoleLines) line(s) of rank output were dropped from the console (it did not keep up); \(runDirectory)/rank_N.log has them all")
         }
         lines.append(Self.describe(exitCode))
         return lines

@@ -14,8 +14,8 @@ import GracefulProtocol
 public final class Supervisor {
     /// Seconds between two checks that a failed gang is gone, and between two sweeps at the end.
     static let gangCheckInterval = 0.05
-    /// Seconds between two hand-overs of newly seen descendants to the guard.
-    static let guardRefreshInterval = 5.0
+    /// Seconds between two hand-overs of newly adopted orphans to the guard.
+    static let guardRefreshInterval = 1.0
     /// Milliseconds between two attempts to write to a console that did not keep up.
     static let consoleRetryMilliseconds: Int64 = 20
     /// How many sweeps of what the ranks left behind are made before giving up (about 5 s).
@@ -184,9 +184,10 @@ public final class Supervisor {
             }
             if monotonicNow() >= nextGuardRefresh {
                 nextGuardRefresh = monotonicNow() + Self.guardRefreshInterval
-                var snapshot = Descendants.walk(excluding: guardExclusion)
-                processGuard.watch(snapshot)
-                snapshot.close()
+                // The ranks were handed over at launch: only adopted orphans are new.
+                var children = Descendants.walk(excluding: guardExclusion.union(rankByPID.keys), childrenOnly: true)
+                processGuard.watch(children)
+                children.close()
             }
             apply(coordinator.handle(.tick, now: monotonicNow()))
             console.flush()
@@ -221,7 +222,7 @@ public final class Supervisor {
                     rank: rank, executable: preflight.executable, arguments: Array(configuration.command.dropFirst()),
                     environment: environment.variables(rank: rank, inherited: inherited),
                     doorbellFD: doorbell?.fd, openFilesLimit: preflight.rankOpenFilesLimit)
-                processGuard.watch(pidfd: process.pidfd)
+                processGuard.watch(rank: process)
                 let io = RankIO(process: process, log: logFDs[rank])
                 ranks.append(io)
                 rankByPID[process.pid] = rank
@@ -262,8 +263,11 @@ public final class Supervisor {
             let pid = graceful_reap_any(&status)
             guard pid > 0 else { return }
             if pid == processGuard.pid {
-                processGuard.ended()
-                console.report("warning: the guard process ended unexpectedly; ranks are not protected against the coordinator's own death")
+                if processGuard.replace(handing: ranks.map(\.process)) {
+                    console.report("warning: the guard process ended unexpectedly; started a new one")
+                } else {
+                    console.report("warning: the guard process ended unexpectedly and cannot be replaced (\(SystemError("fork"))); the ranks are not protected against the coordinator's own death")
+                }
                 continue
             }
             guard let rank = rankByPID[pid], coordinator.ranks[rank].isAlive else { continue }
@@ -377,7 +381,6 @@ public final class Supervisor {
                 member.send(signal)
             }
         }
-        processGuard.watch(snapshot)
     }
 
     /// SIGKILL to every descendant but the guard. Returns how many were signalled.

@@ -483,7 +483,7 @@ import Testing
         let stop = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
         let ended = Problem.endedBeforeStop([.init(rank: 1, status: .exited(0))])
         #expect(stop.contains(.report(.stopProblem(ended))))
-        #expect("\(Report.stopProblem(ended))".contains("rank 1 (exit code 0) had already ended"))
+        #expect("\(Report.stopProblem(ended))".contains("rank 1 (exit code 0) ended before the stop"))
         #expect(machine.ranks[1].note == .endedBeforeStop)
     }
 

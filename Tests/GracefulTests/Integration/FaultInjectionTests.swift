@@ -147,6 +147,30 @@ import Testing
         #expect(processesAlive(containing: directory.path).isEmpty)
     }
 
+    /// The guard is replaced when it dies, so killing it first and the coordinator next still leaves
+    /// nothing behind.
+    @Test func aKilledGuardIsReplacedAndTheNextOneStillCleansUp() throws {
+        let directory = try TemporaryDirectory()
+        let run = try launch(ranks: 2, in: directory, environment: ["GRANDCHILD": "1"])
+        try run.waitFor("]: ready", count: 2)
+        let guardPID = try #require(Self.guardPID(of: run.pid), "no guard among graceful's children")
+        kill(guardPID, SIGKILL)
+        try run.waitFor("the guard process ended unexpectedly; started a new one")
+        let replacement = try #require(Self.guardPID(of: run.pid), "the guard was not replaced")
+        #expect(replacement != guardPID)
+        run.signal(SIGKILL)
+        #expect(try run.waitForExit() == 128 + SIGKILL)
+        #expect(waitUntilNoProcess(workingIn: directory.path).isEmpty)
+        #expect(processesAlive(containing: directory.path).isEmpty)
+    }
+
+    /// The child of `coordinator` that leads a session of its own: the guard.
+    static func guardPID(of coordinator: pid_t) -> pid_t? {
+        let children = (try? String(contentsOfFile: "/proc/\(coordinator)/task/\(coordinator)/children", encoding: .utf8)) ?? ""
+        return children.split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            .first { getsid($0) == $0 }
+    }
+
     @Test func orphansOfARankAreReapedWhileTheRunGoesOn() throws {
         let directory = try TemporaryDirectory()
         let script = """

@@ -165,13 +165,14 @@ import Testing
         #expect(run.stderr.contains("stop requested (control-file)"))
     }
 
-    @Test func ranksSeeOnlyStdioAndTheirChannel() throws {
+    @Test func ranksSeeOnlyStdioTheirChannelAndTheSealedDoorbell() throws {
         let directory = try TemporaryDirectory()
         let run = try Launched(
             [Launched.graceful, "run", "-n", "3", "--", "python3", fixtures + "/list_fds.py"], in: directory.path)
         #expect(try run.waitForExit() == 0, "\(run.output)")
-        #expect(run.stdout.components(separatedBy: "fds: 0,1,2,3\n").count - 1 == 3, "\(run.stdout)")
+        #expect(run.stdout.components(separatedBy: "fds: 0,1,2,3,4\n").count - 1 == 3, "\(run.stdout)")
         #expect(run.stdout.components(separatedBy: "fd3 is a socket: True").count - 1 == 3)
+        #expect(run.stdout.components(separatedBy: "fd4 is a sealed doorbell: True").count - 1 == 3, "\(run.stdout)")
     }
 
     @Test func aControlFileAlreadySetLaunchesNothing() throws {

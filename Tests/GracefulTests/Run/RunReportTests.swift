@@ -36,7 +36,7 @@ import Testing
             attempts: [Coordinator.Attempt(restart: 0, failure: nil, ranks: [RankRecord()])], failure: nil,
             pids: [7], runDirectory: "/r", exitCode: 0, droppedConsoleLines: 1234)
         let lines = report.lines
-        #expect(lines[lines.count - 2].hasPrefix("1234 line(s) of rank output were not shown"))
+        #expect(lines[lines.count - 2].hasPrefix("1234 line(s) of rank output were dropped from the console"))
         #expect(lines.last == "exit 0")
         #expect(!lines.contains { $0.contains("failed first") })
     }
