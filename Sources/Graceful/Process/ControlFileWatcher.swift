@@ -69,11 +69,13 @@ final class ControlFileWatcher {
 
     deinit { closeDescriptor(inotifyFD) }
 
-    /// Drains inotify events; true when one of them concerns the control file.
+    /// Reads pending inotify events (at most 64 KiB of them: the rest wait for the next turn of the
+    /// event loop); true when one of them concerns the control file.
     func drainEvents() -> Bool {
         var concerned = false
         var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
+        // Bounded: a process rewriting the directory in a loop must not keep the event loop here.
+        for _ in 0..<16 {
             let count = buffer.withUnsafeMutableBytes { readAvailable(inotifyFD, into: $0) }
             guard let count, count > 0 else { break }
             buffer.withUnsafeBytes { raw in

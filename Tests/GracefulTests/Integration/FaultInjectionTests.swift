@@ -156,8 +156,13 @@ import Testing
         let guardPID = try #require(Self.guardPID(of: run.pid), "no guard among graceful's children")
         kill(guardPID, SIGKILL)
         try run.waitFor("the guard process ended unexpectedly; started a new one")
-        let replacement = try #require(Self.guardPID(of: run.pid), "the guard was not replaced")
-        #expect(replacement != guardPID)
+        // The new guard calls setsid right after its fork: wait for it to have done so (bounded).
+        var replacement: pid_t?
+        for _ in 0..<500 where replacement == nil {
+            replacement = Self.guardPID(of: run.pid)
+            if replacement == nil { usleep(10_000) }
+        }
+        #expect(replacement != nil && replacement != guardPID, "the guard was not replaced")
         run.signal(SIGKILL)
         #expect(try run.waitForExit() == 128 + SIGKILL)
         #expect(waitUntilNoProcess(workingIn: directory.path).isEmpty)
