@@ -323,15 +323,10 @@ static int adopt(struct guard_entry *entries, int *count, int capacity, pid_t pi
     return 0;
 }
 
-/// The children of every thread of entry `index`, adopted.
-static void adopt_children(struct guard_entry *entries, int *count, int capacity, int index) {
+/// Calls `visit` with each entry of `directory` whose name is a number (a pid or a thread id), using
+/// getdents64 directly: no malloc in the guard.
+static void for_each_number(int directory, void (*visit)(long number, void *context), void *context) {
     static char listing[65536];
-    static char children[65536];
-    char path[96];
-    pid_t pid = entries[index].pid;
-    if (format_path(path, sizeof path, "/proc/", pid, "/task", -1, "") != 0) return;
-    int directory = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (directory < 0) return;
     for (;;) {
         long got = syscall(SYS_getdents64, directory, listing, sizeof listing);
         if (got <= 0) break;
@@ -339,45 +334,64 @@ static void adopt_children(struct guard_entry *entries, int *count, int capacity
             struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *entry =
                 (void *)(listing + offset);
             offset += entry->reclen;
-            long thread = 0;
             const char *c = entry->name;
             if (*c < '0' || *c > '9') continue;
-            while (*c >= '0' && *c <= '9') thread = thread * 10 + (*c++ - '0');
-            if (format_path(path, sizeof path, "/proc/", pid, "/task/", thread, "/children") != 0) continue;
-            if (read_file(path, children, sizeof children) <= 0) continue;
-            for (char *p = children; *p;) {
-                long child = 0;
-                while (*p >= '0' && *p <= '9') child = child * 10 + (*p++ - '0');
-                if (child > 0) adopt(entries, count, capacity, (pid_t)child, pid, 0, entries[index].fd);
-                while (*p && (*p < '0' || *p > '9')) p++;
-            }
+            long number = 0;
+            while (*c >= '0' && *c <= '9') number = number * 10 + (*c++ - '0');
+            visit(number, context);
         }
     }
+}
+
+/// What the visitors below work on.
+struct guard_scan {
+    struct guard_entry *entries;
+    int *count;
+    int capacity;
+    int index;
+};
+
+static void adopt_thread_children(long thread, void *context) {
+    static char children[65536];
+    struct guard_scan *scan = context;
+    char path[96];
+    pid_t pid = scan->entries[scan->index].pid;
+    if (format_path(path, sizeof path, "/proc/", pid, "/task/", thread, "/children") != 0) return;
+    if (read_file(path, children, sizeof children) <= 0) return;
+    for (char *p = children; *p;) {
+        long child = 0;
+        while (*p >= '0' && *p <= '9') child = child * 10 + (*p++ - '0');
+        if (child > 0) adopt(scan->entries, scan->count, scan->capacity, (pid_t)child, pid, 0, scan->entries[scan->index].fd);
+        while (*p && (*p < '0' || *p > '9')) p++;
+    }
+}
+
+/// The children of every thread of entry `index`, adopted.
+static void adopt_children(struct guard_entry *entries, int *count, int capacity, int index) {
+    char path[96];
+    if (format_path(path, sizeof path, "/proc/", entries[index].pid, "/task", -1, "") != 0) return;
+    int directory = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) return;
+    struct guard_scan scan = {entries, count, capacity, index};
+    for_each_number(directory, adopt_thread_children, &scan);
     close(directory);
+}
+
+static void adopt_if_in_group(long pid, void *context) {
+    struct guard_scan *scan = context;
+    pid_t leader = scan->entries[scan->index].pid;
+    pid_t parent, group;
+    if (pid == leader || read_stat((pid_t)pid, &parent, &group) != 0 || group != leader) return;
+    adopt(scan->entries, scan->count, scan->capacity, (pid_t)pid, 0, group, scan->entries[scan->index].fd);
 }
 
 /// Every process still in the group of rank entry `index` (some may have left its subtree), adopted
 /// while the rank itself, which pins the group id, is alive.
 static void adopt_group(struct guard_entry *entries, int *count, int capacity, int index) {
-    static char listing[65536];
     int directory = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (directory < 0) return;
-    for (;;) {
-        long got = syscall(SYS_getdents64, directory, listing, sizeof listing);
-        if (got <= 0) break;
-        for (long offset = 0; offset < got;) {
-            struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *entry =
-                (void *)(listing + offset);
-            offset += entry->reclen;
-            long pid = 0;
-            const char *c = entry->name;
-            if (*c < '0' || *c > '9') continue;
-            while (*c >= '0' && *c <= '9') pid = pid * 10 + (*c++ - '0');
-            pid_t parent, group;
-            if (pid == entries[index].pid || read_stat((pid_t)pid, &parent, &group) != 0) continue;
-            if (group == entries[index].pid) adopt(entries, count, capacity, (pid_t)pid, 0, group, entries[index].fd);
-        }
-    }
+    struct guard_scan scan = {entries, count, capacity, index};
+    for_each_number(directory, adopt_if_in_group, &scan);
     close(directory);
 }
 

@@ -59,47 +59,53 @@ public struct CheckpointPath: Hashable, Sendable, CustomStringConvertible, Expre
     /// The JSON string literal, quotes included: valid UTF-8 as text, every other byte as `\udcXX`.
     public var json: String {
         var out = "\""
-        var parser = Unicode.UTF8.ForwardParser()
-        var iterator = bytes.makeIterator()
-        var offset = 0
-        while true {
-            switch parser.parseScalar(from: &iterator) {
-            case .valid(let encoded):
-                JSONEncoding.appendEscaped(Unicode.UTF8.decode(encoded), to: &out)
-                offset += encoded.count
-            case .error(let length):
-                for byte in bytes[offset..<(offset + length)] {
-                    out += "\\udc" + String(byte, radix: 16)
-                }
-                offset += length
-            case .emptyInput:
-                return out + "\""
+        forEachPart { part in
+            switch part {
+            case .scalar(let scalar): JSONEncoding.appendEscaped(scalar, to: &out)
+            case .undecodable(let byte): out += "\\udc" + String(byte, radix: 16)
             }
         }
+        return out + "\""
     }
 
     /// For people: valid UTF-8 as text, every other byte, and control characters, as `\xNN`, so an
     /// undecodable name is visible rather than replaced.
     public var description: String {
         var out = ""
+        forEachPart { part in
+            switch part {
+            case .scalar(let scalar) where scalar.value < 0x20 || scalar.value == 0x7F || scalar == "\\":
+                out += Self.hex(UInt8(scalar.value))
+            case .scalar(let scalar):
+                out.unicodeScalars.append(scalar)
+            case .undecodable(let byte):
+                out += Self.hex(byte)
+            }
+        }
+        return out
+    }
+
+    private enum Part {
+        case scalar(Unicode.Scalar)
+        /// A byte that is not part of valid UTF-8.
+        case undecodable(UInt8)
+    }
+
+    /// The bytes in order, as decoded scalars and the bytes that decode to none.
+    private func forEachPart(_ body: (Part) -> Void) {
         var parser = Unicode.UTF8.ForwardParser()
         var iterator = bytes.makeIterator()
         var offset = 0
         while true {
             switch parser.parseScalar(from: &iterator) {
             case .valid(let encoded):
-                let scalar = Unicode.UTF8.decode(encoded)
-                if scalar.value < 0x20 || scalar.value == 0x7F || scalar == "\\" {
-                    out += Self.hex(UInt8(scalar.value))
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
+                body(.scalar(Unicode.UTF8.decode(encoded)))
                 offset += encoded.count
             case .error(let length):
-                for byte in bytes[offset..<(offset + length)] { out += Self.hex(byte) }
+                bytes[offset..<(offset + length)].forEach { body(.undecodable($0)) }
                 offset += length
             case .emptyInput:
-                return out
+                return
             }
         }
     }

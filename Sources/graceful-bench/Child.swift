@@ -76,12 +76,27 @@ final class Child {
             close(output[1])
             close(error[1])
         }
+        var pid: pid_t = 0
+        let result = Child.spawn(path, arguments, descriptors: [standardInput ?? null, output[1], error[1]], pid: &pid)
+        guard result == 0 else {
+            [output[0], error[0]].forEach { close($0) }
+            throw BenchError("cannot start \(path): \(String(cString: strerror(result)))")
+        }
+        self.pid = pid
+        lastStartedChild.store(pid, ordering: .relaxed)
+        streams = [output[0], error[0]]
+    }
+
+    /// posix_spawn with `descriptors` as 0, 1, 2, an empty signal mask and default dispositions (the
+    /// benchmark ignores SIGPIPE and blocks stop signals, which a child must not inherit). Returns 0 or
+    /// an errno value.
+    static func spawn(_ path: String, _ arguments: [String], descriptors: [Int32], pid: inout pid_t) -> Int32 {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, standardInput ?? null, 0)
-        posix_spawn_file_actions_adddup2(&actions, output[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, error[1], 2)
+        for (target, source) in descriptors.enumerated() {
+            posix_spawn_file_actions_adddup2(&actions, source, Int32(target))
+        }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -95,15 +110,7 @@ final class Child {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
-        guard result == 0 else {
-            [output[0], error[0]].forEach { close($0) }
-            throw BenchError("cannot start \(path): \(String(cString: strerror(result)))")
-        }
-        self.pid = pid
-        lastStartedChild.store(pid, ordering: .relaxed)
-        streams = [output[0], error[0]]
+        return posix_spawn(&pid, path, &actions, &attributes, argv, environ)
     }
 
     deinit {

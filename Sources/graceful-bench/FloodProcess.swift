@@ -72,28 +72,9 @@ final class FloodProcess {
             close(outputEnd)
             if errorEnd != outputEnd { close(errorEnd) }
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, null, 0)
-        posix_spawn_file_actions_adddup2(&actions, outputEnd, 1)
-        posix_spawn_file_actions_adddup2(&actions, errorEnd, 2)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in 1..<32 where signal != SIGKILL && signal != SIGSTOP { sigaddset(&defaults, Int32(signal)) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         started = monotonicNow()
-        let result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+        let result = Child.spawn(path, arguments, descriptors: [null, outputEnd, errorEnd], pid: &pid)
         guard result == 0 else {
             [output, errors, stalled].filter { $0 >= 0 }.forEach { close($0) }
             buffer.deallocate()

@@ -301,24 +301,12 @@ import Testing
 
     // MARK: Soak
 
-    /// A deterministic generator, so a failing soak run can be replayed from the printed seed.
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test func randomizedSoakKeepsTheInvariant() throws {
         let environment = ProcessInfo.processInfo.environment
         let runs = environment["GRACEFUL_SOAK_RUNS"].flatMap(Int.init) ?? 200
         let seed = environment["GRACEFUL_SOAK_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
         print("soak: \(runs) runs, GRACEFUL_SOAK_SEED=\(seed)")
-        var random = SplitMix64(state: seed)
+        var random = SeededGenerator(seed: seed)
         var directory = try TemporaryDirectory()
         var outcomes: [Int32: Int] = [:]
         for run in 0..<runs {
