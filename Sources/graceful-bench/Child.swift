@@ -147,21 +147,7 @@ final class Child {
             let stream = streams.firstIndex(of: entry.fd)!
             var written: Int64 = monotonicNow()
             let count = buffer.withUnsafeMutableBytes { data in
-                control.withUnsafeMutableBytes { control in
-                    var vector = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                    return withUnsafeMutablePointer(to: &vector) { vector in
-                        var message = msghdr()
-                        message.msg_iov = vector
-                        message.msg_iovlen = 1
-                        message.msg_control = control.baseAddress
-                        message.msg_controllen = control.count
-                        let count = recvmsg(entry.fd, &message, 0)
-                        if count >= 0, let stamp = Child.timestamp(control, length: Int(message.msg_controllen)) {
-                            written = stamp - offset
-                        }
-                        return count
-                    }
-                }
+                Child.receive(entry.fd, into: data, control: &control, flags: 0, offset: offset, stamp: &written)
             }
             if count < 0 && (errno == EINTR || errno == EAGAIN) { continue }
             // A record of zero bytes is an empty write, unless the other end is gone.
@@ -180,6 +166,30 @@ final class Child {
             }
         }
         return (streams.contains { $0 >= 0 }, true)
+    }
+
+    /// One record from a SOCK_SEQPACKET stream into `data`; `stamp` becomes the kernel's time of its
+    /// write (monotonic ns, given `offset`, realtime minus monotonic) when the socket stamps. Returns
+    /// recvmsg's count.
+    static func receive(
+        _ fd: Int32, into data: UnsafeMutableRawBufferPointer, control: inout [UInt8], flags: Int32, offset: Int64,
+        stamp: inout Int64
+    ) -> Int {
+        control.withUnsafeMutableBytes { control in
+            var vector = iovec(iov_base: data.baseAddress, iov_len: data.count)
+            return withUnsafeMutablePointer(to: &vector) { vector in
+                var message = msghdr()
+                message.msg_iov = vector
+                message.msg_iovlen = 1
+                message.msg_control = control.baseAddress
+                message.msg_controllen = control.count
+                let count = recvmsg(fd, &message, flags)
+                if count >= 0, let time = Child.timestamp(control, length: Int(message.msg_controllen)) {
+                    stamp = time - offset
+                }
+                return count
+            }
+        }
     }
 
     /// The SCM_TIMESTAMPNS of a received record (CLOCK_REALTIME ns): the control message's header is

@@ -161,21 +161,9 @@ final class FloodProcess {
         let offset = realtimeMinusMonotonic()
         var control = [UInt8](repeating: 0, count: 64)
         var written = monotonicNow()
-        let count = control.withUnsafeMutableBytes { control in
-            var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-            return withUnsafeMutablePointer(to: &vector) { vector in
-                var message = msghdr()
-                message.msg_iov = vector
-                message.msg_iovlen = 1
-                message.msg_control = control.baseAddress
-                message.msg_controllen = control.count
-                let count = recvmsg(errors, &message, Int32(MSG_DONTWAIT))
-                if count >= 0, let stamp = Child.timestamp(control, length: Int(message.msg_controllen)) {
-                    written = stamp - offset
-                }
-                return count
-            }
-        }
+        let count = Child.receive(
+            errors, into: buffer, control: &control, flags: Int32(MSG_DONTWAIT),
+            offset: offset, stamp: &written)
         if count < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) { return false }
         if count <= 0 {
             close(errors)

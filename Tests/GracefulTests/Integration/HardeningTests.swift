@@ -208,12 +208,7 @@ import Testing
     @Test func aFloodingRankCannotFreezeTheCoordinatorNorGrowItsMemory() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
-        let script = #"if [ "$RANK" = 0 ]; then exec yes; fi; exec sleep 300"#
-        // The console goes to /dev/null: the test must not hold the flood in its own memory.
-        let run = try Launched(
-            ["/bin/sh", "-c", #"exec "$@" >/dev/null"#, "sh", Self.graceful, "run", "-n", "2", "--grace", "2", "--kill-after", "1",
-             "--", "sh", "-c", script],
-            in: directory.path)
+        let run = try Self.launchFlooding(#"if [ "$RANK" = 0 ]; then exec yes; fi; exec sleep 300"#, in: directory)
         let log = directory.file("graceful_run/rank_0.log")
         // The flood shows in rank 0's log, or in the coordinator's memory when it piles lines up; one
         // that passes the hard limit is killed at once so the machine is spared.
@@ -242,6 +237,15 @@ import Testing
         #expect(peak <= 64 * 1024, "peak VmRSS \(peak) KiB")
     }
 
+    /// Two ranks of `script` under graceful, whose console goes to /dev/null: the test must not hold
+    /// a flood in its own memory.
+    static func launchFlooding(_ script: String, in directory: TemporaryDirectory) throws -> Launched {
+        try Launched(
+            ["/bin/sh", "-c", #"exec "$@" >/dev/null"#, "sh", graceful, "run", "-n", "2", "--grace", "2", "--kill-after", "1",
+             "--", "sh", "-c", script],
+            in: directory.path)
+    }
+
     /// Defect: once every rank has exited, what is left in the pipes is drained until it is empty, which
     /// a background `yes` holding the rank's stdout never lets happen: the run never ends.
     @Test func aBackgroundFloodLeftByAnExitedRankDoesNotKeepTheRunAlive() throws {
@@ -249,11 +253,7 @@ import Testing
         defer { Self.killLeftovers(directory.path) }
         // Rank 1 runs a second longer (the scenario, not a synchronisation): every rank has ended only
         // once the flood holds rank 0's pipe.
-        let script = #"if [ "$RANK" = 0 ]; then yes & exit 0; fi; sleep 1; exit 0"#
-        let run = try Launched(
-            ["/bin/sh", "-c", #"exec "$@" >/dev/null"#, "sh", Self.graceful, "run", "-n", "2", "--grace", "2", "--kill-after", "1",
-             "--", "sh", "-c", script],
-            in: directory.path)
+        let run = try Self.launchFlooding(#"if [ "$RANK" = 0 ]; then yes & exit 0; fi; sleep 1; exit 0"#, in: directory)
         let (code, peak) = try Self.waitForExit(run, timeout: 15)
         #expect(code == 0, "exit \(String(describing: code)), peak VmRSS \(peak) KiB:\n\(run.stderr)")
         #expect(waitUntilNoProcess(workingIn: directory.path).isEmpty, "the job's yes is still running")
