@@ -49,8 +49,8 @@ public struct Coordinator: Sendable {
     /// The step of the last abandoned checkpoint round: ranks may still confirm it, harmlessly.
     private var abandonedStep: Int?
     private var nextCheckpointAt: Instant?
-    /// The ranks a periodic round was last skipped for, so that a repeated skip is not reported again.
-    private var reportedSkip: [Int]?
+    /// A periodic round was skipped and said so: the next skips are silent until a round starts.
+    private var reportedSkip = false
     /// When the previous stop signal arrived, counted or not: the debounce window slides with it.
     private var lastStopSignalAt: Instant?
     // Kept so that no event costs a walk over every rank (a stop at 1024 ranks is some 3000 events).
@@ -264,14 +264,14 @@ public struct Coordinator: Sendable {
         let absent = ranks.indices.filter { !ranks[$0].isAlive || !ranks[$0].speaksProtocol }
         guard absent.isEmpty else {
             // Every rank must save the same step, or the record would name a step some rank lacks.
-            if !periodic || reportedSkip != absent {
-                actions.append(.report(.checkpointSkipped(trigger: trigger, absent: absent)))
+            if !periodic || !reportedSkip {
+                actions.append(.report(.checkpointSkipped(trigger: trigger, absent: absent, periodic: periodic)))
             }
-            if periodic { reportedSkip = absent }
+            if periodic { reportedSkip = true }
             if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
             return
         }
-        reportedSkip = nil
+        reportedSkip = false
         let round = newRound(.checkpoint, trigger: trigger, now: now)
         phase = .running(checkpoint: round)
         actions.append(.ring(id: round.id))

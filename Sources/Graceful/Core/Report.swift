@@ -27,7 +27,7 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
     case graceExpired(GraceExpiry)
     case checkpointRequested(trigger: String, asking: Int)
     /// Some ranks ended or have not said hello: no checkpoint round.
-    case checkpointSkipped(trigger: String, absent: [Int])
+    case checkpointSkipped(trigger: String, absent: [Int], periodic: Bool)
     case checkpointInProgress(trigger: String)
     /// No checkpoint round while the ranks stop or restart.
     case checkpointRefused(trigger: String)
@@ -84,8 +84,9 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
             return "grace of \(format(expiry.grace))s expired; rank(s) \(list(running)) still running: " + parts.joined(separator: "; ")
         case .checkpointRequested(let trigger, let asking):
             return "checkpoint requested (\(trigger)); asking \(asking) rank(s) for their position"
-        case .checkpointSkipped(let trigger, let absent):
-            return "checkpoint (\(trigger)) skipped: rank(s) \(list(absent)) ended or have not said hello"
+        case .checkpointSkipped(let trigger, let absent, let periodic):
+            let line = "checkpoint (\(trigger)) skipped: rank(s) \(list(absent)) ended or have not said hello"
+            return periodic ? line + "; further periodic ones are skipped silently until one can start" : line
         case .checkpointInProgress(let trigger):
             return "\(trigger): a checkpoint is already in progress; ignored"
         case .checkpointRefused(let trigger):
