@@ -51,8 +51,10 @@ public enum CommandLineInterface {
         OPTIONS:
           -n, --ranks <n>         Number of ranks to launch. (default: 1)
                                   Also --nproc-per-node (torchrun), --local_worker_num (msrun).
-          --run-dir <dir>         Where rank_N.log and last_checkpoint.json live.
-                                  (default: graceful_run) Also --log-dir, --log_dir (msrun).
+          --run-dir <dir>         Where rank_N.log and last_checkpoint.json live. (default:
+                                  graceful_run/<job>, the job named after the script or
+                                  program: graceful_run/train for python3 train.py)
+                                  Also --log-dir, --log_dir (msrun).
           --control-file <path>   The file whose {"GracefulExit": 1} requests a stop.
                                   (default: graceful_exit.json)
           --grace <seconds>       How long ranks have, from the stop request, to confirm their

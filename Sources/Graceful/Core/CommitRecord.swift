@@ -5,6 +5,8 @@ import GracefulProtocol
 /// confirmed, so the next launch resumes every rank from the same step.
 public struct CommitRecord: Equatable, Sendable {
     public static let fileName = "last_checkpoint.json"
+    /// Where the record of a completed run is kept when the next launch starts from scratch.
+    public static let completedFileName = "last_checkpoint.completed.json"
     public static let formatVersion = 1
 
     public var runID: String
@@ -14,15 +16,34 @@ public struct CommitRecord: Equatable, Sendable {
     public var trigger: String
     /// UTC, ISO 8601, seconds.
     public var time: String
+    /// The coordinator's working directory at the commit, which the ranks shared: what relative paths
+    /// are relative to (nil in a record written before it was recorded).
+    public var directory: CheckpointPath?
+    /// When every rank finished its work after this commit (UTC, ISO 8601): the record is no longer
+    /// a point to resume from, and the next launch starts from scratch.
+    public var completed: String?
 
     public var worldSize: Int { paths.count }
 
-    public init(runID: String, step: Int, paths: [CheckpointPath?], trigger: String, time: String) {
+    public init(
+        runID: String, step: Int, paths: [CheckpointPath?], trigger: String, time: String,
+        directory: CheckpointPath? = nil, completed: String? = nil
+    ) {
         self.runID = runID
         self.step = step
         self.paths = paths
         self.trigger = trigger
         self.time = time
+        self.directory = directory
+        self.completed = completed
+    }
+
+    /// Rank `rank`'s checkpoint as a path that works from any directory: a relative one joined to
+    /// the directory it was committed from.
+    public func resumePath(rank: Int) -> CheckpointPath? {
+        guard rank < paths.count, let path = paths[rank] else { return nil }
+        guard path.bytes.first != UInt8(ascii: "/"), let directory else { return path }
+        return CheckpointPath(bytes: directory.bytes + [UInt8(ascii: "/")] + path.bytes)
     }
 
     /// Pretty JSON with a final newline; paths as the protocol writes them (docs/PROTOCOL.md, "Paths").
@@ -38,6 +59,8 @@ public struct CommitRecord: Equatable, Sendable {
           "world_size": \(worldSize),
           "trigger": \(JSONEncoding.quoted(trigger)),
           "time": \(JSONEncoding.quoted(time)),
+          "directory": \(JSONEncoding.path(directory)),
+          "completed": \(completed.map(JSONEncoding.quoted) ?? "null"),
           "ranks": [
         \(ranks.joined(separator: ",\n"))
           ]
@@ -87,12 +110,21 @@ public struct CommitRecord: Equatable, Sendable {
                 paths[rank] = path
             }
         }
+        var directory: CheckpointPath?
+        if let raw = value["directory"], !raw.isNull {
+            guard let path = CheckpointPath(json: raw), path.bytes.first == UInt8(ascii: "/") else {
+                throw DecodingError(description: "\"directory\" is not an absolute path")
+            }
+            directory = path
+        }
         self.init(
             runID: value["run_id"]?.stringValue ?? "",
             step: step,
             paths: paths,
             trigger: value["trigger"]?.stringValue ?? "",
-            time: value["time"]?.stringValue ?? "")
+            time: value["time"]?.stringValue ?? "",
+            directory: directory,
+            completed: value["completed"]?.stringValue)
     }
 
     /// Why the record at a path cannot be used.

@@ -87,7 +87,10 @@ public struct Coordinator: Sendable {
             }
         case .stopping(let stop):
             if case .aligning(let deadline) = stop.round.target { consider(deadline) }
-            if !stop.graceExpired { consider(stop.round.requestedAt + policy.grace) }
+            if !stop.graceExpired {
+                consider(stop.round.requestedAt + policy.grace)
+                consider(stop.nextProgressAt)
+            }
         case .restarting(let resumeAt):
             consider(resumeAt)
         case .failing, .finished:
@@ -215,7 +218,7 @@ public struct Coordinator: Sendable {
     private mutating func startStop(
         _ trigger: Trigger, supersededStep: Int?, now: Instant, into actions: inout [CoordinatorAction]
     ) {
-        var stop = Stop(round: newRound(.stop, trigger: trigger.description, now: now))
+        var stop = Stop(round: newRound(.stop, trigger: trigger.description, now: now), nextProgressAt: now + StopPolicy.progressInterval)
         stop.supersededStep = supersededStep
         if case .quit(let signal) = trigger {
             stop.hurry = 1
@@ -522,6 +525,14 @@ public struct Coordinator: Sendable {
                 stop.graceExpired = true
                 phase = .stopping(stop)
                 graceExpired(now: now, into: &actions)
+            } else if !stop.graceExpired, now >= stop.nextProgressAt {
+                stop.nextProgressAt = now + StopPolicy.progressInterval
+                phase = .stopping(stop)
+                let waiting = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].confirmation == nil }
+                if !waiting.isEmpty {
+                    let left = policy.grace - now.seconds(since: stop.round.requestedAt)
+                    actions.append(.report(.waiting(ranks: waiting, step: stop.round.decidedStep ?? nil, graceLeft: left)))
+                }
             }
         case .restarting(.some(let resumeAt)) where now >= resumeAt:
             endAttempt()

@@ -51,6 +51,8 @@ extension Coordinator {
         /// The last counted signal that forced the teardown (or the quit that started it), for 128+N.
         public internal(set) var forcedBy: Int32?
         public internal(set) var graceExpired = false
+        /// When to say next which ranks the stop still waits for (every `StopPolicy.progressInterval`).
+        var nextProgressAt: Instant
         /// The step of a checkpoint round this stop superseded: late confirmations of it are ignored.
         var supersededStep: Int?
     }

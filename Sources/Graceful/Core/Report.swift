@@ -28,6 +28,8 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
     case checkpointRequested(trigger: String, asking: Int)
     /// Some ranks ended or have not said hello: no checkpoint round.
     case checkpointSkipped(trigger: String, absent: [Int], periodic: Bool)
+    /// During a stop's grace, every `StopPolicy.progressInterval`: who has not confirmed or ended yet.
+    case waiting(ranks: [Int], step: Int?, graceLeft: Double)
     case checkpointInProgress(trigger: String)
     /// No checkpoint round while the ranks stop or restart.
     case checkpointRefused(trigger: String)
@@ -58,7 +60,7 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
         case .stopRequested(let trigger, let asking, let terminating, let grace):
             var line = "stop requested (\(trigger))"
             if asking > 0 { line += "; asking \(asking) rank(s) for their position" }
-            if terminating > 0 { line += "; SIGTERM to \(terminating) rank(s) that do not speak the protocol" }
+            if terminating > 0 { line += "; SIGTERM to \(terminating) rank(s) that have not said hello (not using the client, or still starting)" }
             return line + "; grace \(format(grace))s"
         case .mixedGang(let plain):
             return "warning: rank(s) \(list(plain)) never said hello (not using the client, or not started yet): nothing will be committed"
@@ -84,6 +86,9 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
             return "grace of \(format(expiry.grace))s expired; rank(s) \(list(running)) still running: " + parts.joined(separator: "; ")
         case .checkpointRequested(let trigger, let asking):
             return "checkpoint requested (\(trigger)); asking \(asking) rank(s) for their position"
+        case .waiting(let ranks, let step, let left):
+            let target = step.map { "step \($0)" } ?? "their stop"
+            return "waiting for rank(s) \(list(ranks)) to confirm \(target) or end (\(format(max(0, left.rounded())))s of grace left)"
         case .checkpointSkipped(let trigger, let absent, let periodic):
             let line = "checkpoint (\(trigger)) skipped: rank(s) \(list(absent)) ended or have not said hello"
             return periodic ? line + "; further periodic ones are skipped silently until one can start" : line

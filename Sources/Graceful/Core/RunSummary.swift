@@ -8,18 +8,26 @@ public enum RunSummary {
                 String(index),
                 index < pids.count ? String(pids[index]) : "-",
                 rank.exit.map(describe) ?? "running",
-                rank.confirmation.map { String($0.step) } ?? (rank.speaksProtocol ? "-" : "n/a"),
-                rank.confirmation?.path?.description ?? "-",
+                rank.confirmation.map { String($0.step) } ?? (rank.speaksProtocol ? nothing : plain),
+                rank.confirmation?.path?.description ?? (rank.speaksProtocol ? nothing : plain),
                 rank.note.map { "\($0)" } ?? "",
             ])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        return rows.map { row in
+        var lines = rows.map { row in
             row.enumerated().map { column, cell in
                 column == row.count - 1 ? cell : cell.padding(toLength: widths[column])
             }.joined(separator: "  ").trimmingTrailingSpaces()
         }
+        var legend: [String] = []
+        if ranks.contains(where: { !$0.speaksProtocol }) { legend.append("\(plain): never said hello (no client, or still starting)") }
+        if ranks.contains(where: { $0.speaksProtocol && $0.confirmation == nil }) { legend.append("\(nothing): nothing confirmed") }
+        if !legend.isEmpty { lines.append("(" + legend.joined(separator: "; ") + ")") }
+        return lines
     }
+
+    private static let plain = "n/a"
+    private static let nothing = "-"
 
     private static func describe(_ status: ExitStatus) -> String {
         switch status {

@@ -30,6 +30,8 @@ public struct StopPolicy: Equatable, Sendable {
     /// The longest wait between two restarts, unless the first wait is longer already.
     public static let restartBackoffCap = 60.0
     public static let defaultSignalDebounce = 0.25
+    /// Seconds between two lines, during a stop's grace, naming the ranks still waited for.
+    public static let progressInterval = 5.0
 
     public init(
         grace: Double = StopPolicy.defaultGrace,

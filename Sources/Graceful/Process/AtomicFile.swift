@@ -105,12 +105,18 @@ func makeDirectories(_ path: String) throws(SystemError) {
     }
 }
 
+/// The current directory's bytes (they need not be UTF-8), or nil when it cannot be named.
+func currentDirectory() -> [UInt8]? {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    guard getcwd(&buffer, buffer.count) != nil else { return nil }
+    return buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+}
+
 /// `path` made absolute against the current directory.
 func absolutePath(_ path: String) -> String {
     if path.hasPrefix("/") { return path }
-    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-    guard getcwd(&buffer, buffer.count) != nil else { return path }
-    let directory = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let bytes = currentDirectory() else { return path }
+    let directory = String(decoding: bytes, as: UTF8.self)
     let trimmed = path.hasPrefix("./") ? String(path.dropFirst(2)) : path
     return directory == "/" ? "/" + trimmed : directory + "/" + trimmed
 }

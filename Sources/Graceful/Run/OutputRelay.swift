@@ -64,7 +64,8 @@ final class OutputRelay {
             logged += partial[stream]
             logged += piece
             logged.append(UInt8(ascii: "\n"))
-            shown += prefix
+            // A line the rank already prefixed the same way (PyTorch does, for tracebacks) keeps its own.
+            if !startsWithOwnPrefix(partial[stream], piece) { shown += prefix }
             shown += partial[stream]
             shown += piece
             shown.append(UInt8(ascii: "\n"))
@@ -90,6 +91,17 @@ final class OutputRelay {
         if !logged.withUnsafeBytes({ writeAll(log, $0) }) { logLostBytes += logged.count }
         shown.withUnsafeBytes { console.rankLines($0, lines: lines, toStandardError: stream == 1) }
         remember(lastLinesOf: logged)
+    }
+
+    /// Whether the line made of `head` then `rest` starts with `[rankN]:`, this rank's prefix.
+    private func startsWithOwnPrefix(_ head: [UInt8], _ rest: UnsafeRawBufferPointer) -> Bool {
+        let marker = prefix.dropLast()
+        guard head.count + rest.count >= marker.count else { return false }
+        for (offset, byte) in marker.enumerated() {
+            let actual = offset < head.count ? head[offset] : rest[offset - head.count]
+            if actual != byte { return false }
+        }
+        return true
     }
 
     /// Keeps the last `tailLength` lines; only the end of a large batch is looked at.

@@ -1,5 +1,6 @@
 import CGraceful
 import Glibc
+import GracefulProtocol
 
 /// Everything checked before the first rank starts, in an order that touches nothing until the
 /// command is known to run and the run directory is this run's alone.
@@ -9,6 +10,8 @@ struct Preflight {
     /// The run directory's lock, held until the coordinator ends (and by its guard after it).
     let lock: RunDirectoryLock
     let resume: CommitRecord?
+    /// The record of a run that completed, just moved aside: this launch starts from scratch.
+    let completedRecord: CommitRecord?
     /// The soft limit of open files the coordinator was started with, for the ranks; -1: unlimited.
     let rankOpenFilesLimit: Int
 
@@ -32,7 +35,7 @@ struct Preflight {
         let needed = configuration.ranks * 5 + 64
         if limit >= 0 && limit < needed { throw .tooFewOpenFiles(needed: needed, limit: limit) }
 
-        let runDirectory = absolutePath(configuration.runDirectory)
+        let runDirectory = absolutePath(configuration.effectiveRunDirectory)
         do {
             try makeDirectories(runDirectory)
         } catch {
@@ -55,13 +58,29 @@ struct Preflight {
             let recordPath = runDirectory + "/" + CommitRecord.fileName
             // Only now: a temporary of another live run's commit must never be removed.
             AtomicFile.removeTemporaries(of: recordPath)
-            let resume = try loadRecord(recordPath)
+            var resume = try loadRecord(recordPath)
+            var completedRecord: CommitRecord?
+            if let record = resume, record.completed != nil {
+                // Never a silent rewind: a finished run's record is kept aside, not resumed from.
+                let aside = runDirectory + "/" + CommitRecord.completedFileName
+                if rename(recordPath, aside) != 0 { throw RunFailure.runDirectory(SystemError("rename \(recordPath) to \(aside)")) }
+                (resume, completedRecord) = (nil, record)
+            }
             if let resume, resume.worldSize != configuration.ranks {
                 throw RunFailure.recordWorldSize(path: recordPath, committed: resume.worldSize, asked: configuration.ranks)
             }
+            if let resume {
+                for rank in 0..<resume.worldSize {
+                    guard let path = resume.resumePath(rank: rank) else { continue }
+                    var info = stat()
+                    if path.withCString({ stat($0, &info) }) != 0 {
+                        warn("warning: rank \(rank)'s committed checkpoint \(path) does not exist (\(SystemError("stat").reason)); the rank is handed it all the same")
+                    }
+                }
+            }
             return Preflight(
                 runDirectory: runDirectory, executable: executable, lock: lock, resume: resume,
-                rankOpenFilesLimit: previousLimit)
+                completedRecord: completedRecord, rankOpenFilesLimit: previousLimit)
         } catch {
             lock.release()
             throw error

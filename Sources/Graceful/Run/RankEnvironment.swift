@@ -66,7 +66,7 @@ public struct RankEnvironment: Sendable {
         var ownVariables: [Variable] = own.map { ($0.0, Array($0.1.utf8)) }
         if let resume {
             ownVariables.append(("GRACEFUL_RESUME_STEP", Array(String(resume.step).utf8)))
-            if rank < resume.paths.count, let path = resume.paths[rank] {
+            if let path = resume.resumePath(rank: rank) {
                 ownVariables.append(("GRACEFUL_RESUME_PATH", path.bytes))
             }
         }

@@ -3,7 +3,9 @@ public struct RunConfiguration: Equatable, Sendable {
     /// The rank command and its arguments.
     public var command: [String]
     public var ranks = 1
-    public var runDirectory = "graceful_run"
+    /// `nil`: `graceful_run/<job name>` (see `jobName`), so that different jobs started from one
+    /// directory never share a record, logs or a lock.
+    public var runDirectory: String?
     public var controlFile = "graceful_exit.json"
     public var policy = StopPolicy()
     public var masterAddress = "127.0.0.1"
@@ -14,6 +16,45 @@ public struct RunConfiguration: Equatable, Sendable {
 
     public init(command: [String]) {
         self.command = command
+    }
+
+    /// The run directory asked for, or the job's default.
+    public var effectiveRunDirectory: String {
+        runDirectory ?? "graceful_run/" + Self.jobName(of: command)
+    }
+
+    /// A short name for the job a command runs: the script's name without `.py` for an interpreter
+    /// (`python3 examples/python/train.py` is `train`; `python3 -m pkg.main` is `pkg.main`), the
+    /// program's name otherwise (`./build/rank --fast` is `rank`). Only letters, digits, `.`, `_` and
+    /// `-` are kept.
+    public static func jobName(of command: [String]) -> String {
+        guard let program = command.first else { return "job" }
+        let base = basename(program)
+        var name = base
+        if base.hasPrefix("python") || base == "pypy3" || base == "pypy" {
+            var arguments = command.dropFirst()[...]
+            while let argument = arguments.first {
+                arguments = arguments.dropFirst()
+                if argument == "-m", let module = arguments.first {
+                    name = module
+                    break
+                }
+                if argument == "-c" { break }
+                // Options of the interpreter come first; those with a value are few and rare here.
+                if argument.hasPrefix("-") { continue }
+                name = basename(argument)
+                if name.hasSuffix(".py") { name.removeLast(3) }
+                break
+            }
+        }
+        let kept = name.filter { Self.jobNameCharacters.contains($0) }
+        return kept.isEmpty || kept.allSatisfy({ $0 == "." }) ? "job" : kept
+    }
+
+    private static let jobNameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+    private static func basename(_ path: String) -> String {
+        String(path.split(separator: "/").last ?? Substring(path))
     }
 }
 

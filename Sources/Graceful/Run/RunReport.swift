@@ -2,6 +2,8 @@
 /// attempt, what the console lost and the exit line. Pure, so it is tested without processes.
 struct RunReport {
     var attempts: [Coordinator.Attempt]
+    /// 1 + `--max-restarts`.
+    var maximumAttempts: Int
     /// The failure that ended the run, with the last lines of that rank's log (latest attempt).
     var failure: (failure: Coordinator.Failure, tail: [String])?
     /// The pids of the latest attempt's ranks.
@@ -22,7 +24,7 @@ struct RunReport {
             }
         }
         for (index, attempt) in attempts.enumerated() {
-            var title = attempts.count > 1 ? "attempt \(attempt.restart + 1) of \(attempts.count)" : "summary"
+            var title = attempts.count > 1 ? "attempt \(attempt.restart + 1) (of at most \(maximumAttempts))" : "summary"
             if let failure = attempt.failure { title += ": rank \(failure.rank) failed first (\(failure.status))" }
             lines.append(title + ":")
             let attemptPIDs = index == attempts.count - 1 ? pids : []

@@ -88,6 +88,9 @@ public final class Supervisor {
         }
         try prepareLaunch()
         defer { logFDs.forEach(closeDescriptor) }
+        if let completed = preflight.completedRecord {
+            console.report("the previous run completed at \(completed.completed ?? "?") after committing step \(completed.step); starting from scratch (its record is kept as \(preflight.runDirectory)/\(CommitRecord.completedFileName))")
+        }
         if let resume = preflight.resume {
             console.report("resuming from committed step \(resume.step) (\(preflight.runDirectory)/\(CommitRecord.fileName))")
         }
@@ -408,7 +411,9 @@ public final class Supervisor {
                 return .commitFailed("rank \(rank)'s checkpoint \(path) does not exist")
             }
         }
-        let record = CommitRecord(runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp())
+        let record = CommitRecord(
+            runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp(),
+            directory: currentDirectory().flatMap { CheckpointPath(bytes: $0) })
         do {
             try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
             return .commitWritten
@@ -445,11 +450,12 @@ public final class Supervisor {
             failure.rank < ranks.count ? (failure, ranks[failure.rank].relay.tail) : nil
         }
         let report = RunReport(
-            attempts: coordinator.attempts, failure: failure, pids: ranks.map(\.process.pid),
+            attempts: coordinator.attempts, maximumAttempts: configuration.policy.maxRestarts + 1, failure: failure, pids: ranks.map(\.process.pid),
             runDirectory: preflight.runDirectory, exitCode: code, droppedConsoleLines: console.droppedLines)
         let lines = report.lines
         lines.dropLast().forEach(console.report)
         if controlFileAskedToStop { resetControlFile() }
+        if code == ExitCode.success && coordinator.stopTrigger == nil { markCompleted() }
         lines.last.map(console.report)
         for io in ranks { io.close(loop: loop) }
         if let doorbell {
@@ -457,6 +463,19 @@ public final class Supervisor {
             closeDescriptor(doorbell.fd)
         }
         return code
+    }
+
+    /// Every rank finished its work: the record, if any, says so, and the next launch starts from
+    /// scratch instead of silently training again from the last commit.
+    private func markCompleted() {
+        guard var record = currentRecord() else { return }
+        record.completed = Self.timestamp()
+        do {
+            try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
+            console.report("the run completed: the next launch starts from scratch (the record of step \(record.step) is kept, marked completed)")
+        } catch {
+            console.report("warning: could not mark \(preflight.runDirectory)/\(CommitRecord.fileName) completed: \(error); the next launch would resume from step \(record.step)")
+        }
     }
 
     /// After a stop the control file asked for, its flag goes back to 0 (every other byte kept), so the
@@ -484,8 +503,10 @@ public final class Supervisor {
         static func decode(_ token: UInt64) -> (rank: Int, kind: Int) { (Int(token >> 2), Int(token & 3)) }
     }
 
+    /// 16 hex digits, always.
     static func newRunID() -> String {
-        String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        let digits = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
     static func timestamp() -> String {

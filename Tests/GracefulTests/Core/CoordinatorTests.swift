@@ -143,8 +143,10 @@ import Testing
         _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
         _ = machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0 + 1)
         _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0 + 1)
-        #expect(machine.nextDeadline == t0 + 30)
+        // The deadlines before the grace's end only say who is still waited for.
+        #expect(machine.nextDeadline == t0 + StopPolicy.progressInterval)
         #expect(signals(machine.handle(.tick, now: t0 + 29.9)).isEmpty)
+        #expect(machine.nextDeadline == t0 + 30)
         #expect(signals(machine.handle(.tick, now: t0 + 30)) == [1: SignalNumber.terminate])
         #expect(machine.ranks[1].note == .noConfirmationBeforeDeadline)
         #expect(machine.nextDeadline == t0 + 40)
@@ -202,7 +204,7 @@ import Testing
         let request = machine.handle(.trigger(.signal(SignalNumber.terminate)), now: t0)
         #expect(signals(request) == [0: SignalNumber.terminate, 1: SignalNumber.terminate])
         #expect(sends(request).isEmpty)
-        #expect(machine.nextDeadline == t0 + 30)
+        #expect(machine.nextDeadline == t0 + StopPolicy.progressInterval)
         _ = machine.handle(.exited(rank: 0, .exited(0)), now: t0 + 1)
         let end = machine.handle(.exited(rank: 1, .signaled(SignalNumber.terminate)), now: t0 + 1)
         #expect(commits(end).isEmpty)
@@ -485,6 +487,23 @@ import Testing
         #expect(stop.contains(.report(.stopProblem(ended))))
         #expect("\(Report.stopProblem(ended))".contains("rank 1 (exit code 0) ended before the stop"))
         #expect(machine.ranks[1].note == .endedBeforeStop)
+    }
+
+    @Test func aLongGraceSaysEveryFewSecondsWhoIsStillWaitedFor() {
+        var machine = Coordinator(rankCount: 2, policy: StopPolicy(grace: 30))
+        _ = machine.handle(.hello(rank: 0), now: t0)
+        _ = machine.handle(.hello(rank: 1), now: t0)
+        _ = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
+        _ = machine.handle(.position(rank: 0, id: 1, step: 4), now: t0)
+        _ = machine.handle(.position(rank: 1, id: 1, step: 4), now: t0)
+        _ = machine.handle(.checkpointed(rank: 0, step: 5, path: "a"), now: t0 + 1)
+        #expect(machine.nextDeadline == t0 + StopPolicy.progressInterval)
+        let first = machine.handle(.tick, now: t0 + StopPolicy.progressInterval)
+        #expect(first.contains(.report(.waiting(ranks: [1], step: 5, graceLeft: 25))), "\(first)")
+        #expect("\(Report.waiting(ranks: [1], step: 5, graceLeft: 25))" == "waiting for rank(s) 1 to confirm step 5 or end (25s of grace left)")
+        // Nothing in between; again one interval later.
+        #expect(!machine.handle(.tick, now: t0 + 6).contains { if case .report(.waiting) = $0 { true } else { false } })
+        #expect(machine.handle(.tick, now: t0 + 10).contains { if case .report(.waiting) = $0 { true } else { false } })
     }
 
     @Test func aSkippedPeriodicCheckpointIsReportedOnce() {

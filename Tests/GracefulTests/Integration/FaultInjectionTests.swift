@@ -12,10 +12,10 @@ import Testing
     static let fastRestarts = ["--grace", "3", "--kill-after", "1", "--restart-backoff", "0.02"]
 
     /// What is wrong with the directory's commit record and processes, or nil.
-    static func invariantViolation(in directory: String, ranks: Int) -> String? {
+    static func invariantViolation(in directory: String, ranks: Int, job: String = "soak_rank") -> String? {
         let left = waitUntilNoProcess(workingIn: directory)
         if !left.isEmpty { return "processes left: \(left)" }
-        let recordPath = directory + "/graceful_run/last_checkpoint.json"
+        let recordPath = directory + "/graceful_run/\(job)/last_checkpoint.json"
         guard let data = FileManager.default.contents(atPath: recordPath) else { return nil }
         guard let record = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let step = record["step"] as? Int, let entries = record["ranks"] as? [[String: Any]]
@@ -41,7 +41,7 @@ import Testing
             in: directory.path, environment: environment)
     }
 
-    func record(_ directory: TemporaryDirectory) -> String? { directory.read("graceful_run/last_checkpoint.json") }
+    func record(_ directory: TemporaryDirectory) -> String? { directory.read(directory.run("last_checkpoint.json")) }
 
     /// A previous commit of step 5 by `ranks` ranks, with real checkpoints, to see that it survives.
     func seedCommit(_ directory: TemporaryDirectory, ranks: Int) throws -> String {
@@ -127,7 +127,7 @@ import Testing
             environment: ["CRASH_RANK": "0", "CRASH_STEP": "3", "CRASH_ATTEMPTS": "100"])
         #expect(try run.waitForExit() == 1, "\(run.output)")
         for attempt in 1...3 {
-            #expect(run.stderr.contains("attempt \(attempt) of 3: rank 0 failed first (exit code 3)"))
+            #expect(run.stderr.contains("attempt \(attempt) (of at most 3): rank 0 failed first (exit code 3)"))
         }
         #expect(run.stderr.contains("giving up after 2 restart(s)"))
         #expect(run.stderr.contains("  | rank 0 crashes at step 3"))

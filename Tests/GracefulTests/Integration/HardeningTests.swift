@@ -114,7 +114,7 @@ import Testing
     }
 
     static func committedRecord(_ directory: TemporaryDirectory) -> [String: Any]? {
-        guard let text = directory.read("graceful_run/last_checkpoint.json") else { return nil }
+        guard let text = directory.read(directory.run("last_checkpoint.json")) else { return nil }
         return try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
     }
 
@@ -209,7 +209,7 @@ import Testing
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
         let run = try Self.launchFlooding(#"if [ "$RANK" = 0 ]; then exec yes; fi; exec sleep 300"#, in: directory)
-        let log = directory.file("graceful_run/rank_0.log")
+        let log = directory.file("graceful_run/sh/rank_0.log")
         // The flood shows in rank 0's log, or in the coordinator's memory when it piles lines up; one
         // that passes the hard limit is killed at once so the machine is spared.
         let flooding = Self.waitUntil(timeout: 20) {
@@ -289,7 +289,7 @@ import Testing
         let (code, _) = try Self.waitForExit(run, timeout: 15)
         #expect(code != nil, "graceful did not exit with its console blocked")
         if printed {
-            let log = directory.read("graceful_run/rank_0.log") ?? ""
+            let log = directory.read(directory.run("rank_0.log")) ?? ""
             let numbers = log.split(separator: "\n").compactMap { Int($0) }
             #expect(numbers == Array(0..<lines), "rank_0.log holds \(numbers.count) of the \(lines) lines")
         }
@@ -324,7 +324,7 @@ import Testing
         try directory.replace("graceful_exit.json", with: "{\"GracefulExit\": 1}\n")
         #expect(try run.waitForExit(timeout: 30) == 1, "\(run.output)")
         #expect(!run.stderr.contains("restart 1: launching"), "the gang was relaunched:\n\(run.stderr)")
-        let headers = (directory.read("graceful_run/rank_0.log") ?? "").components(separatedBy: "=== graceful run").count - 1
+        let headers = (directory.read(directory.run("rank_0.log")) ?? "").components(separatedBy: "=== graceful run").count - 1
         #expect(headers == 1, "rank 0 was launched \(headers) times")
         #expect(directory.read("graceful_exit.json")?.contains("\"GracefulExit\": 0") == true, "the flag was not reset")
     }
@@ -479,7 +479,7 @@ import Testing
             [Self.graceful, "run", "-n", "2", "--grace", "5", "--kill-after", "1", "--", "python3", Self.soakRank],
             in: directory.path, environment: ["STEP_TIME": "0.01"])
         try run.waitFor("]: ready", count: 2)
-        let runDirectory = directory.file("graceful_run")
+        let runDirectory = directory.file(directory.run("soak_rank"))
         for name in try FileManager.default.contentsOfDirectory(atPath: runDirectory) {
             var info = stat()
             let path = runDirectory + "/" + name
@@ -514,13 +514,17 @@ import Testing
     /// Defect: a rank that runs `graceful run` itself in the same directory gets a second coordinator on
     /// the same default run directory. Expected: the inner one is refused (69); the outer run stops
     /// normally and can be relaunched from its commit.
+    /// A run inside a rank gets its own default directory when it runs another job, and is refused
+    /// (69) when it would share the outer run's.
     @Test func aNestedRunOnTheSameRunDirectoryIsRefusedAndTheOuterRunIsIntact() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
         let script = #"""
             if [ "$RANK" = 0 ]; then
+                "$GRACEFUL_BIN" run -n 1 -- sh -c true >/dev/null 2>&1
+                echo "same job exit $?"
                 "$GRACEFUL_BIN" run -n 1 -- true >/dev/null 2>&1
-                echo "inner exit $?"
+                echo "other job exit $?"
             fi
             exec python3 "$SOAK_RANK"
             """#
@@ -528,10 +532,11 @@ import Testing
         let environment = ["GRACEFUL_BIN": Self.graceful, "SOAK_RANK": Self.soakRank, "STEP_TIME": "0.01"]
         let first = try Launched(command, in: directory.path, environment: environment)
         try first.waitFor("]: ready", count: 2)
-        #expect(first.stdout.contains("[rank0]: inner exit 69"), "\(first.stdout)")
+        #expect(first.stdout.contains("[rank0]: same job exit 69"), "\(first.stdout)")
+        #expect(first.stdout.contains("[rank0]: other job exit 0"), "\(first.stdout)")
         first.signal(SIGTERM)
         #expect(try first.waitForExit(timeout: 30) == 0, "\(first.output)")
-        #expect(FaultInjectionTests.invariantViolation(in: directory.path, ranks: 2) == nil)
+        #expect(FaultInjectionTests.invariantViolation(in: directory.path, ranks: 2, job: "sh") == nil)
 
         let again = try Launched(command, in: directory.path, environment: environment)
         try? again.waitFor("]: ready", count: 2, timeout: 30)
@@ -539,7 +544,7 @@ import Testing
         let code = try again.waitForExit(timeout: 30)
         #expect(code == 0, "the relaunch failed (exit \(code)):\n\(again.output)")
         #expect(again.stderr.contains("resuming from committed step"))
-        #expect(again.stdout.contains("[rank0]: inner exit 69"), "\(again.stdout)")
+        #expect(again.stdout.contains("[rank0]: same job exit 69"), "\(again.stdout)")
     }
 
     // MARK: - 11. A setsid grandchild
@@ -581,7 +586,7 @@ import Testing
         try run.waitFor("[rank0]: ready")
         run.signal(SIGTERM)
         #expect(try run.waitForExit(timeout: 30) == 2, "\(run.output)")
-        let record = directory.read("graceful_run/last_checkpoint.json")
+        let record = directory.read(directory.run("last_checkpoint.json"))
         #expect(record == nil || !record!.contains("/etc/passwd"), "committed: \(record ?? "")")
     }
 
@@ -643,7 +648,7 @@ import Testing
         let code = try run.waitForExit(timeout: 30)
         #expect(run.stdout.contains("confirmed late"), "\(run.output)")
         #expect(code != 0, "\(run.output)")
-        #expect(directory.read("graceful_run/last_checkpoint.json") == nil, "a late confirmation was committed")
+        #expect(directory.read(directory.run("last_checkpoint.json")) == nil, "a late confirmation was committed")
     }
 
     /// Defect: a dangling `last_checkpoint.json` symlink reads as "no record": the launch starts from
@@ -651,8 +656,8 @@ import Testing
     @Test func aDanglingRecordSymlinkStopsTheLaunchAndIsLeftAlone() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
-        try FileManager.default.createDirectory(atPath: directory.file("graceful_run"), withIntermediateDirectories: true)
-        let link = directory.file("graceful_run/last_checkpoint.json")
+        try FileManager.default.createDirectory(atPath: directory.file(directory.run("true")), withIntermediateDirectories: true)
+        let link = directory.file("graceful_run/true/last_checkpoint.json")
         #expect(symlink("nowhere.json", link) == 0)
         let run = try Launched([Self.graceful, "run", "-n", "1", "--", "true"], in: directory.path)
         #expect(try run.waitForExit(timeout: 30) == 65, "\(run.output)")
@@ -804,7 +809,7 @@ import Testing
         #expect(try run.waitForExit(timeout: 30) == 2, "\(run.output)")
         let named = run.stderr.split(separator: "\n").contains { $0.contains("rank 0") && $0.contains("before") }
         #expect(named, "no line names rank 0 as having ended before the stop:\n\(run.stderr)")
-        #expect(directory.read("graceful_run/last_checkpoint.json") == nil, "something was committed")
+        #expect(directory.read(directory.run("last_checkpoint.json")) == nil, "something was committed")
     }
 
     /// Defect: every intermediate state of a control file written slowly (here one byte at a time)

@@ -14,7 +14,7 @@ import Testing
 
     /// The committed step, after checking that every rank's checkpoint exists and holds that step.
     func committedStep(in directory: TemporaryDirectory, ranks: Int) throws -> Int {
-        let text = try #require(directory.read("graceful_run/last_checkpoint.json"), "no commit record")
+        let text = try #require(directory.read(directory.run("last_checkpoint.json")), "no commit record")
         let record = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         let step = try #require(record["step"] as? Int)
         let entries = try #require(record["ranks"] as? [[String: Any]])
@@ -97,7 +97,7 @@ import Testing
              "ranks": [{"rank": 0, "path": null}, {"rank": 1, "path": null}, {"rank": 2, "path": null}]}
 
             """
-        try directory.write("graceful_run/last_checkpoint.json", previous)
+        try directory.write("graceful_run/stubborn_rank/last_checkpoint.json", previous)
         let run = try Launched(
             [Launched.graceful, "run", "-n", "3", "--grace", "1", "--kill-after", "1", "--",
              "python3", fixtures + "/stubborn_rank.py"],
@@ -106,7 +106,7 @@ import Testing
         #expect(!processesAlive(containing: directory.path).isEmpty, "the grandchild did not start")
         run.signal(SIGTERM)
         #expect(try run.waitForExit() == 2, "\(run.output)")
-        #expect(directory.read("graceful_run/last_checkpoint.json") == previous)
+        #expect(directory.read(directory.run("last_checkpoint.json")) == previous)
         #expect(run.stderr.contains("grace of 1s expired; rank(s) 1 still running"))
         let summaryRow = run.stderr.split(separator: "\n").first { $0.contains("graceful:   1 ") }
         #expect(summaryRow?.contains("SIGKILL") == true && summaryRow?.contains("no confirmation before the deadline") == true)
@@ -129,7 +129,7 @@ import Testing
         run.signal(SIGINT)
         #expect(try run.waitForExit() == 0, "\(run.output)")
         #expect(run.stdout.components(separatedBy: "got SIGTERM").count - 1 == 2, "\(run.output)")
-        #expect(directory.read("graceful_run/last_checkpoint.json") == nil)
+        #expect(directory.read(directory.run("last_checkpoint.json")) == nil)
     }
 
     @Test func badControlFilesNeverTriggerAndWarnOncePerKindOfProblem() throws {
@@ -181,7 +181,7 @@ import Testing
         let run = try Launched([Launched.graceful, "run", "-n", "2", "--", "python3", train], in: directory.path)
         #expect(try run.waitForExit() == 75)
         #expect(run.stderr.hasPrefix("error: control file graceful_exit.json already requests an exit"))
-        #expect(directory.read("graceful_run/rank_0.log") == nil)
+        #expect(directory.read(directory.run("rank_0.log")) == nil)
     }
 
     @Test func aFailingRankStopsTheOthersAndIsNamedWithItsLog() throws {
@@ -198,7 +198,7 @@ import Testing
         #expect(try run.waitForExit() == 1, "\(run.output)")
         #expect(run.stderr.contains("rank 1 failed first (exit code 3)"))
         #expect(run.stderr.contains("  | boom: out of memory"))
-        #expect(directory.read("graceful_run/rank_1.log")?.contains("boom: out of memory") == true)
+        #expect(directory.read(directory.run("rank_1.log"))?.contains("boom: out of memory") == true)
         let rows = run.stderr.split(separator: "\n").filter { $0.contains("SIGTERM") && $0.hasPrefix("graceful:   ") }
         #expect(rows.count == 2, "the other ranks were not stopped by SIGTERM")
     }
@@ -233,7 +233,7 @@ import Testing
         try run.waitFor(": checkpoint at step", count: 3)
         run.signal(SIGTERM)
         #expect(try run.waitForExit() == 0, "\(run.output)")
-        let record = try #require(directory.read("graceful_run/last_checkpoint.json"))
+        let record = try #require(directory.read(directory.run("last_checkpoint.json")))
         #expect(record.contains("\"trigger\": \"SIGTERM\""))
         #expect(run.count("committed step") == 2)
         #expect(run.stdout.components(separatedBy: "stopped after step").count - 1 == 3)
@@ -258,6 +258,6 @@ import Testing
         let run = try Launched([Launched.graceful, "run", "-n", "zero", "--", "true"], in: directory.path)
         #expect(try run.waitForExit() == 64)
         #expect(run.stderr.hasPrefix("error: ") && run.stderr.split(separator: "\n").count == 1)
-        #expect(directory.read("graceful_run/rank_0.log") == nil)
+        #expect(directory.read(directory.run("rank_0.log")) == nil)
     }
 }

@@ -146,6 +146,12 @@ final class TemporaryDirectory {
 
     func file(_ name: String) -> String { path + "/" + name }
 
+    /// `name` in the run directory of the one job run here: `graceful_run/<job>/name`.
+    func run(_ name: String) -> String {
+        let jobs = (try? FileManager.default.contentsOfDirectory(atPath: file("graceful_run"))) ?? []
+        return "graceful_run/\(jobs.count == 1 ? jobs[0] : "(\(jobs.count) jobs)")/\(name)"
+    }
+
     func write(_ name: String, _ contents: String) throws {
         let url = URL(fileURLWithPath: file(name))
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
