@@ -27,9 +27,14 @@ let package = Package(
         .executableTarget(name: "graceful-bench", dependencies: ["graceful", "graceful-bench-rank"]),
         // The rank the benchmark launches under `graceful run`, and its measurement peers.
         .executableTarget(name: "graceful-bench-rank", dependencies: ["CGraceful", "GracefulRank"]),
+        // The Swift driver of the client conformance suite (Tests/python/test_conformance.py).
+        .executableTarget(name: "graceful-conformance-rank", dependencies: ["GracefulProtocol", "GracefulRank"]),
         .testTarget(
             name: "GracefulTests",
-            dependencies: ["CGraceful", "Graceful", "GracefulProtocol", "graceful", "swift-rank-example"]
+            dependencies: [
+                "CGraceful", "Graceful", "GracefulProtocol", "graceful", "swift-rank-example",
+                "graceful-conformance-rank",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -51,6 +51,8 @@ public final class Rank: Sendable {
     private nonisolated(unsafe) let doorbell: UnsafePointer<UInt32>
     /// The doorbell's value for the latest request the reader handled.
     private let heardRound = Atomic<UInt32>(0)
+    /// False when `doorbell` is the private zero: the reader's requests then ring nothing.
+    private let hasDoorbell: Bool
     private let state = NSCondition()
     private nonisolated(unsafe) var stopState = StopState()
     private let writeLock = Mutex(())
@@ -66,6 +68,7 @@ public final class Rank: Sendable {
         struct Request {
             var isStop: Bool
             var id: Int
+            var trigger: String
             /// The position sent in the answer (nil: no boundary yet).
             var answered: Int?
             var target = Target.unknown
@@ -77,6 +80,7 @@ public final class Rank: Sendable {
         var channelClosed = false
         var committedStep: Int?
         var trigger: String?
+        var checkpointTrigger: String?
     }
 
     private init() {
@@ -87,14 +91,23 @@ public final class Rank: Sendable {
         resumeStep = environment["GRACEFUL_RESUME_STEP"].flatMap(Int.init)
         // Foundation's environment is text; the path's bytes come from the C environment as they are.
         resumeCheckpoint = getenv("GRACEFUL_RESUME_PATH").flatMap { CheckpointPath(bytes: UnsafeRawBufferPointer(start: $0, count: strlen($0))) }
-        let channelFD = environment["GRACEFUL_CHANNEL_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 ? $0 : nil }
+        // The variable is removed in any case (docs/PROTOCOL.md, "The channel"): a program this rank
+        // starts must neither claim the channel nor take a stale number for one.
+        let channelText = environment["GRACEFUL_CHANNEL_FD"]
+        unsetenv("GRACEFUL_CHANNEL_FD")
+        let channelFD = channelText.flatMap(Int32.init).flatMap { Rank.isStreamSocket($0) ? $0 : nil }
+        if let channelText, channelFD == nil {
+            FileHandle.standardError.write(Data("graceful: GRACEFUL_CHANNEL_FD=\(channelText) is not a usable socket; running standalone\n".utf8))
+        }
         // Only a rank with a working channel gets the messages a ring announces; without one, the
         // variable is stale (inherited from an ancestor) and its number names nothing of ours.
         let doorbellFD = environment["GRACEFUL_DOORBELL_FD"].flatMap(Int32.init)
         unsetenv("GRACEFUL_DOORBELL_FD")
         if let channelFD, let doorbellFD, doorbellFD > 2, doorbellFD != channelFD, let page = Rank.mapDoorbell(doorbellFD) {
             doorbell = page
+            hasDoorbell = true
         } else {
+            hasDoorbell = false
             let silent = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
             silent.initialize(to: 0)
             doorbell = UnsafePointer(silent)
@@ -106,7 +119,6 @@ public final class Rank: Sendable {
             // The channel is this process's alone: neither a program it executes nor a child it
             // spawns may think it owns it.
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            unsetenv("GRACEFUL_CHANNEL_FD")
             Rank.warmUp()
             send(RankMessage.hello(protocolVersion: gracefulProtocolVersion, pid: Int(getpid())).line)
             let reader = Thread { [self] in readChannel() }
@@ -121,6 +133,14 @@ public final class Rank: Sendable {
             watcher.name = "graceful-control-file"
             watcher.start()
         }
+    }
+
+    /// Whether `fd` is an open stream socket: anything else (a closed number, a pipe, a file) cannot
+    /// be a channel.
+    private static func isStreamSocket(_ fd: Int32) -> Bool {
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
     }
 
     /// Maps the doorbell's memory file read-only and closes the descriptor (a program this rank
@@ -147,8 +167,13 @@ public final class Rank: Sendable {
     /// The last step the coordinator reported committed.
     public var committedStep: Int? { state.withLock { stopState.committedStep } }
 
-    /// What requested the stop ("SIGINT", "control-file", ...), once one was requested.
+    /// What requested the stop ("SIGINT", "control-file", ..., or "channel-closed" when the
+    /// coordinator went away), once one was requested.
     public var trigger: String? { state.withLock { stopState.trigger } }
+
+    /// What requested the checkpoint of the last round `shouldCheckpoint(step:)` returned true for
+    /// ("periodic", "SIGUSR2", ...), or nil.
+    public var checkpointTrigger: String? { state.withLock { stopState.checkpointTrigger } }
 
     /// Call at every step boundary, right after finishing `step`. True: save the state of `step`,
     /// call `checkpointed(step:path:)`, and exit. Once true, always true.
@@ -204,8 +229,9 @@ public final class Rank: Sendable {
         while true {
             if stopState.stopping { return true }
             if stopState.channelClosed {
+                // A stop's T stays the stop step when this boundary is T or past it (rule 5).
                 stopState.stopping = true
-                stopState.stopStep = stopState.stopStep ?? step
+                if stopState.stopStep.map({ step < $0 }) ?? true { stopState.stopStep = step }
                 return true
             }
             let rung = graceful_doorbell_load(doorbell)
@@ -235,6 +261,7 @@ public final class Rank: Sendable {
                     return true
                 }
                 stopState.checkpointDue = step
+                stopState.checkpointTrigger = request.trigger
                 checkpointPending.store(true, ordering: .relaxed)
                 stopState.request = nil
                 pending.store(false, ordering: .sequentiallyConsistent)
@@ -263,6 +290,7 @@ public final class Rank: Sendable {
         }
         // The coordinator is gone: stop at the next boundary; nothing can be aligned or committed.
         state.withLock {
+            if stopState.trigger == nil { stopState.trigger = "channel-closed" }
             stopState.channelClosed = true
             pending.store(true, ordering: .sequentiallyConsistent)
             state.broadcast()
@@ -286,7 +314,9 @@ public final class Rank: Sendable {
 
     private func answer(id: Int, trigger: String, isStop: Bool) {
         let position: Int?? = state.withLock {
-            heardRound.store(UInt32(truncatingIfNeeded: id), ordering: .relaxed)
+            // Without a doorbell the word stays 0: remembering the id would make every boundary
+            // wait a second for a ring that never comes.
+            if hasDoorbell { heardRound.store(UInt32(truncatingIfNeeded: id), ordering: .relaxed) }
             // A boundary waiting for the doorbell's request re-checks, whatever becomes of it.
             state.broadcast()
             // A checkpoint request never replaces a stop request.
@@ -296,8 +326,8 @@ public final class Rank: Sendable {
             pending.store(true, ordering: .sequentiallyConsistent)
             let step = lastStep.load(ordering: .sequentiallyConsistent)
             let position = step == Rank.noStep ? nil : step
-            stopState.request = StopState.Request(isStop: isStop, id: id, answered: position)
-            if isStop { stopState.trigger = trigger }
+            stopState.request = StopState.Request(isStop: isStop, id: id, trigger: trigger, answered: position)
+            if isStop && stopState.trigger == nil { stopState.trigger = trigger }
             return .some(position)
         }
         guard let position else { return }
@@ -320,7 +350,8 @@ public final class Rank: Sendable {
             line.withUTF8 { bytes in
                 var offset = 0
                 while offset < bytes.count {
-                    let written = write(channel, bytes.baseAddress! + offset, bytes.count - offset)
+                    // Not write(2): a coordinator gone must not kill the rank with SIGPIPE.
+                    let written = Glibc.send(channel, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
                     if written < 0 {
                         if errno == EINTR { continue }
                         return

@@ -1,4 +1,6 @@
-"""A rank whose training loop the tests drive line by line through stdin.
+"""A rank whose training loop the tests drive line by line through stdin: the Python driver of the
+conformance suite (test_conformance.py). Sources/graceful-conformance-rank is the Swift one; both
+take the same commands and print the same reports (compared as JSON, not as text).
 
 Commands (one per line on stdin):
   N           run N steps, each ending at a boundary
@@ -8,6 +10,9 @@ Commands (one per line on stdin):
   checkpointed STEP   call rank.checkpointed(STEP, None)
   checkpointed-path STEP HEX   call rank.checkpointed(STEP, bytes.fromhex(HEX)) (HEX absent: b"")
   info        report the client's state
+  child       run this program again as a child (`--child CHANNEL_FD DOORBELL_FD`) that inherits
+              every inheritable descriptor and the environment, starts its own client, and reports
+              {"child": {...}}: whether it found a channel; then {"child_exit": status}
 Reports go to stdout, one JSON object per line: {"at": s} just before should_stop(s),
 {"boundary": s, "stop": bool, "checkpoint": bool} after it and should_checkpoint(s) (called only
 when should_stop returned False), and one object per other command. On a stop the script calls
@@ -18,6 +23,7 @@ and keeps going. A KeyboardInterrupt is reported as {"keyboard_interrupt": true}
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -74,12 +80,22 @@ def main():
     parser.add_argument("--keep-going", action="store_true")
     parser.add_argument("--poll", type=float, help="seconds between control-file checks")
     parser.add_argument("--control-file")
+    parser.add_argument("--child", nargs=2, metavar=("CHANNEL_FD", "DOORBELL_FD"))
     args = parser.parse_args()
     if args.poll is not None:
         graceful_exit.CONTROL_FILE_POLL = args.poll
     channel_fd = os.environ.get("GRACEFUL_CHANNEL_FD")
     doorbell_fd = os.environ.get("GRACEFUL_DOORBELL_FD")
     rank = graceful_exit.Rank(control_file=args.control_file)
+    if args.child:
+        # A program the rank started: what it inherited of the channel and the doorbell.
+        report(child={
+            "coordinated": rank.coordinated,
+            "fd_in_environ": "GRACEFUL_CHANNEL_FD" in os.environ,
+            "doorbell_fd_in_environ": "GRACEFUL_DOORBELL_FD" in os.environ,
+            "channel_fd_open": is_open(args.child[0]), "doorbell_fd_open": is_open(args.child[1]),
+        })
+        return
     report(ready=info(rank, channel_fd, doorbell_fd))
     step = 0
     for line in sys.stdin:
@@ -120,6 +136,13 @@ def main():
                 report(value_error=str(error))
         elif words[0] == "info":
             report(info=info(rank, channel_fd, doorbell_fd))
+        elif words[0] == "child":
+            # close_fds=False: the child gets every descriptor that is inheritable, as a program
+            # started with fork and exec would.
+            child = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                                    channel_fd or "-", doorbell_fd or "-"],
+                                   stdin=subprocess.DEVNULL, close_fds=False)
+            report(child_exit=child.returncode)
         else:
             for _ in range(int(words[0])):
                 step += 1

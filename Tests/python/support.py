@@ -1,5 +1,6 @@
-"""Helpers shared by the Python tests: processes whose output is awaited line by line, and the
-coordinator's end of a rank's channel."""
+"""Helpers shared by the Python tests: processes whose output is awaited line by line, the
+coordinator's end of a rank's channel, and a test case driving a rank through a driver program
+(fake_rank.py, or the Swift client's driver)."""
 
 import fcntl
 import json
@@ -9,7 +10,9 @@ import queue
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -159,3 +162,72 @@ class Child:
 
 def python(*args):
     return [sys.executable, *args]
+
+
+class RankTestCase(unittest.TestCase):
+    """Drives a rank process: a driver program (fake_rank.py unless `driver_argv` says otherwise)
+    whose training loop the test steps through stdin, reporting one JSON object per line."""
+
+    def setUp(self):
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        self.cwd = directory.name
+
+    def driver_argv(self, *args):
+        return python(FAKE_RANK, *args)
+
+    def start(self, *args, channel=True, env=None, doorbell=None):
+        rank = Child(self.driver_argv(*args), self, channel=channel, env=env, cwd=self.cwd,
+                     doorbell=doorbell)
+        rank.ready = self.event(rank)["ready"]
+        return rank
+
+    def event(self, rank, timeout=GUARD):
+        try:
+            line = rank.stdout.next(timeout)
+        except queue.Empty:
+            self.fail(f"no report from the rank within {timeout} s")
+        if line is None:
+            self.fail(f"the rank exited ({rank.process.wait(GUARD)}): {rank.stderr.text()}")
+        return json.loads(line)
+
+    def expect(self, rank, **fields):
+        event = self.event(rank)
+        self.assertEqual({key: event.get(key) for key in fields}, fields, event)
+        return event
+
+    def expect_boundaries(self, rank, first, last, stop_at=None, checkpoint_at=None):
+        """Awaits the reports of boundaries first..last; should_stop is True only at `stop_at`
+        and should_checkpoint only at `checkpoint_at` (if any). A checkpoint, if any, is last."""
+        for step in range(first, last + 1):
+            self.expect(rank, at=step)
+            self.expect(rank, boundary=step, stop=step == stop_at,
+                        checkpoint=step == checkpoint_at)
+
+    def run_steps(self, rank, first, count):
+        rank.write(str(count))
+        self.expect_boundaries(rank, first, first + count - 1)
+
+    def expect_no_event(self, rank, seconds):
+        try:
+            line = rank.stdout.next(seconds)
+        except queue.Empty:
+            return
+        self.fail(f"the rank reported {line!r} while it should be waiting")
+
+    def expect_exit(self, rank, status=0):
+        self.assertEqual(rank.wait(), status, rank.stderr.text())
+
+    def doorbell(self, size=4096):
+        """A doorbell as the coordinator makes it (a sealed memory file), closed at the end."""
+        bell = Doorbell(size)
+        self.addCleanup(bell.close)
+        return bell
+
+    def write_control_file(self, content, name="graceful_exit.json"):
+        """Replaces the file in one rename, so the rank never reads half of it."""
+        path = os.path.join(self.cwd, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(content)
+        os.replace(path + ".tmp", path)
+        return path

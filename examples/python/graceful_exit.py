@@ -389,9 +389,12 @@ class Rank:
             if not _is_id(request_id):
                 return
             trigger = message.get("trigger")
-            trigger = trigger if isinstance(trigger, str) else None
+            if not isinstance(trigger, str):
+                return  # a request without its trigger is not a valid message
             with self._cond:
-                self._heard = request_id & 0xFF
+                if self._bell is not _SILENT_BELL:
+                    # Without a doorbell _heard stays 0, or every boundary would await a ring.
+                    self._heard = request_id & 0xFF
                 # A boundary waiting for the doorbell's request re-checks, whatever becomes of it.
                 self._cond.notify_all()
                 current = self._request
@@ -412,8 +415,8 @@ class Rank:
                 self._cond.notify_all()
             self._send({"type": "position", "id": request_id, "step": position})
         elif kind in _KIND_OF_TARGET:
-            t = message.get("step")
-            if t is None or _is_step(t):
+            t = message.get("step", _UNKNOWN)  # absent is not null
+            if _is_id(message.get("id")) and (t is None or _is_step(t)):
                 with self._cond:
                     request = self._request
                     # Only T of the current request counts: an *_at of a forgotten request, or

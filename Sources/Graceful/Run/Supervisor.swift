@@ -40,6 +40,9 @@ public final class Supervisor {
     private var signals: SignalPipe!
     private var watcher: ControlFileWatcher!
     private var reportedLostLogs: Set<Int> = []
+    /// (restart count, rank) of every hello received, and the ranks warned about a second one.
+    private var hellos: Set<[Int]> = []
+    private var warnedSecondHello: Set<Int> = []
     /// The control file requested a stop during the run (in any phase): its flag is reset at the end.
     private var controlFileAskedToStop = false
 
@@ -305,9 +308,17 @@ public final class Supervisor {
             case .message(let message):
                 let event: CoordinatorEvent
                 switch message {
-                case .hello(let version, _):
+                case .hello(let version, let pid):
+                    // docs/PROTOCOL.md, "hello": one per launch of a rank; a second one (a process the
+                    // rank started that inherited its channel) is warned about once and changes nothing.
+                    guard hellos.insert([environment.restartCount, rank]).inserted else {
+                        if warnedSecondHello.insert(rank).inserted {
+                            console.report("warning: rank \(rank) said hello a second time (pid \(pid)); ignored: a process it started has probably inherited its channel")
+                        }
+                        continue
+                    }
                     if version != gracefulProtocolVersion {
-                        console.report("warning: rank \(rank) speaks protocol version \(version); this graceful speaks \(gracefulProtocolVersion)")
+                        console.report("warning: rank \(rank) speaks protocol version \(version); this graceful speaks \(gracefulProtocolVersion), and treats it as such")
                     }
                     event = .hello(rank: rank)
                 case .position(let id, let step):
