@@ -9,6 +9,9 @@ import Glibc
 ///   stop now: every rank gets SIGTERM at once. A real abort() in the coordinator still ends it: glibc
 ///   falls back to the default action when the handler returns;
 /// - SIGUSR2 asks for a checkpoint without stopping; SIGCHLD reaps;
+/// - SIGTSTP (Ctrl+Z, or a scheduler's suspend) pauses the whole job: every process of it gets
+///   SIGSTOP, then the coordinator stops itself; SIGCONT (`fg`, `bg`, a scheduler's resume) lets them
+///   all go on;
 /// - SIGPIPE is ignored, so a closed rank channel shows up as EPIPE instead;
 /// - the crash signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP) get their default action back from
 ///   the Swift runtime's backtracer, which would otherwise swallow one sent with `kill`: the
@@ -39,7 +42,7 @@ final class SignalPipe {
             let defaultError = graceful_signal_default(signal)
             if defaultError != 0 { throw SystemError("sigaction(\(SignalNumber.name(signal)))", errno: defaultError) }
         }
-        for signal in stops + Self.quitSignals + [SIGUSR2, SIGCHLD] {
+        for signal in stops + Self.quitSignals + [SIGUSR2, SIGCHLD, SIGTSTP, SIGCONT] {
             let catchError = graceful_signal_catch(writeFD, signal)
             if catchError != 0 { throw SystemError("sigaction(\(SignalNumber.name(signal)))", errno: catchError) }
         }

@@ -43,6 +43,9 @@ public final class Supervisor {
     /// (restart count, rank) of every hello received, and the ranks warned about a second one.
     private var hellos: Set<[Int]> = []
     private var warnedSecondHello: Set<Int> = []
+    /// How long the job was paused (Ctrl+Z until `fg`): the coordinator's clock stands still meanwhile,
+    /// so no deadline expires while nobody could act.
+    private var paused = 0.0
     /// The control file requested a stop during the run (in any phase): its flag is reset at the end.
     private var controlFileAskedToStop = false
 
@@ -133,10 +136,10 @@ public final class Supervisor {
     }
 
     private func supervisionLoop() {
-        var nextStatCheck = monotonicNow() + ControlFileWatcher.statInterval
-        var nextGuardRefresh = monotonicNow() + Self.guardRefreshInterval
+        var nextStatCheck = clock() + ControlFileWatcher.statInterval
+        var nextGuardRefresh = clock() + Self.guardRefreshInterval
         while exitCode == nil {
-            let now = monotonicNow()
+            let now = clock()
             var wake = min(nextStatCheck, nextGuardRefresh)
             if let deadline = coordinator.nextDeadline, deadline < wake { wake = deadline }
             if awaitingGangExit, now + Self.gangCheckInterval < wake { wake = now + Self.gangCheckInterval }
@@ -170,32 +173,32 @@ public final class Supervisor {
                     }
                 }
             }
-            if monotonicNow() >= nextStatCheck {
-                nextStatCheck = monotonicNow() + ControlFileWatcher.statInterval
+            if clock() >= nextStatCheck {
+                nextStatCheck = clock() + ControlFileWatcher.statInterval
                 controlFileChanged = watcher.changedSinceLastCheck() || controlFileChanged
             }
             if controlFileChanged && watcher.evaluate(warn: console.report) {
                 controlFileAskedToStop = true
-                apply(coordinator.handle(.trigger(.controlFile), now: monotonicNow()))
+                apply(coordinator.handle(.trigger(.controlFile), now: clock()))
             }
             if signalsReady { handleSignals() }
             if awaitingGangExit {
                 if gangIsGone() {
                     awaitingGangExit = false
-                    apply(coordinator.handle(.gangGone, now: monotonicNow()))
+                    apply(coordinator.handle(.gangGone, now: clock()))
                 } else {
                     // Orphans adopted since the last pass (a child of a dying process) get theirs too.
                     killDescendants()
                 }
             }
-            if monotonicNow() >= nextGuardRefresh {
-                nextGuardRefresh = monotonicNow() + Self.guardRefreshInterval
+            if clock() >= nextGuardRefresh {
+                nextGuardRefresh = clock() + Self.guardRefreshInterval
                 // The ranks were handed over at launch: only adopted orphans are new.
                 var children = Descendants.walk(excluding: guardExclusion.union(rankByPID.keys), childrenOnly: true)
                 processGuard.watch(children)
                 children.close()
             }
-            apply(coordinator.handle(.tick, now: monotonicNow()))
+            apply(coordinator.handle(.tick, now: clock()))
             console.flush()
         }
     }
@@ -206,11 +209,16 @@ public final class Supervisor {
             case SIGCHLD:
                 reapChildren()
             case SIGUSR2:
-                apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: monotonicNow()))
+                apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: clock()))
+            case SIGTSTP:
+                pauseJob()
+            case SIGCONT:
+                // Also after a SIGSTOP sent to the coordinator alone: the job goes on with it.
+                deliverToAll(SIGCONT)
             case _ where SignalPipe.quitSignals.contains(signal):
-                apply(coordinator.handle(.trigger(.quit(signal)), now: monotonicNow()))
+                apply(coordinator.handle(.trigger(.quit(signal)), now: clock()))
             case _ where signals.stopSignals.contains(signal):
-                apply(coordinator.handle(.trigger(.signal(signal)), now: monotonicNow()))
+                apply(coordinator.handle(.trigger(.signal(signal)), now: clock()))
             default:
                 break
             }
@@ -248,7 +256,7 @@ public final class Supervisor {
                 }
             }
         }
-        apply(coordinator.handle(.launched, now: monotonicNow()))
+        apply(coordinator.handle(.launched, now: clock()))
     }
 
     /// Kills and reaps every process started so far (a launch failed half-way).
@@ -283,7 +291,7 @@ public final class Supervisor {
             let exit: ExitStatus = graceful_status_signaled(status) != 0
                 ? .signaled(graceful_status_signal(status))
                 : .exited(graceful_status_exit_code(status))
-            apply(coordinator.handle(.exited(rank: rank, exit), now: monotonicNow()))
+            apply(coordinator.handle(.exited(rank: rank, exit), now: clock()))
         }
     }
 
@@ -326,7 +334,7 @@ public final class Supervisor {
                 case .checkpointed(let step, let path):
                     event = .checkpointed(rank: rank, step: step, path: path)
                 }
-                apply(coordinator.handle(event, now: monotonicNow()))
+                apply(coordinator.handle(event, now: clock()))
             case .invalid(let problem):
                 console.report("warning: rank \(rank) wrote something that is not a protocol message (\(problem)); ignored, as is anything else it writes that is not one")
             }
@@ -359,7 +367,7 @@ public final class Supervisor {
             case .signal:
                 break
             case .commit(let step, let paths, let trigger):
-                apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: monotonicNow()))
+                apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: clock()))
             case .awaitGangExit:
                 killDescendants()
                 awaitingGangExit = true
@@ -395,6 +403,30 @@ public final class Supervisor {
                 member.send(signal)
             }
         }
+    }
+
+    /// Ctrl+Z: every process of the job stops, then the coordinator, so the shell sees the job
+    /// stopped; it goes on from here when continued, and the job with it.
+    private func pauseJob() {
+        deliverToAll(SIGSTOP)
+        console.report("paused: every rank is stopped (SIGSTOP); fg or SIGCONT resumes the job")
+        console.drain(milliseconds: 100)
+        let before = monotonicNow()
+        kill(getpid(), SIGSTOP)
+        paused += monotonicNow().seconds(since: before)
+        deliverToAll(SIGCONT)
+        console.report("resumed after \(format((monotonicNow().seconds(since: before) * 10).rounded() / 10))s")
+    }
+
+    private func deliverToAll(_ signal: Int32) {
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        defer { snapshot.close() }
+        snapshot.processes.forEach { $0.send(signal) }
+    }
+
+    /// The coordinator's clock: monotonic, without the time the job was paused.
+    private func clock() -> Instant {
+        monotonicNow() + -paused
     }
 
     /// SIGKILL to every descendant but the guard. Returns how many were signalled.

@@ -479,7 +479,7 @@ import Testing
             [Self.graceful, "run", "-n", "2", "--grace", "5", "--kill-after", "1", "--", "python3", Self.soakRank],
             in: directory.path, environment: ["STEP_TIME": "0.01"])
         try run.waitFor("]: ready", count: 2)
-        let runDirectory = directory.file(directory.run("soak_rank"))
+        let runDirectory = directory.file("graceful_run/soak_rank")
         for name in try FileManager.default.contentsOfDirectory(atPath: runDirectory) {
             var info = stat()
             let path = runDirectory + "/" + name
@@ -656,7 +656,7 @@ import Testing
     @Test func aDanglingRecordSymlinkStopsTheLaunchAndIsLeftAlone() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
-        try FileManager.default.createDirectory(atPath: directory.file(directory.run("true")), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory.file("graceful_run/true"), withIntermediateDirectories: true)
         let link = directory.file("graceful_run/true/last_checkpoint.json")
         #expect(symlink("nowhere.json", link) == 0)
         let run = try Launched([Self.graceful, "run", "-n", "1", "--", "true"], in: directory.path)
