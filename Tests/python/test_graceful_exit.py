@@ -90,8 +90,8 @@ class StandaloneTests(support.RankTestCase):
         contents = {
             '{"GracefulExit": 0}': 0, '{"GracefulExit": false}': 0,
             '{"GracefulExit": "1"}': 1, '{"GracefulExit": null}': 1, '{"GracefulExit": [1]}': 1,
-            '{"GracefulExit": 2}': 1, '{"GracefulExit": {"value": 1}}': 1, "{}": 1,
-            '{"gracefulexit": 1}': 1, '{"GracefulExit": ': 1, "": 1, "[1]": 1,
+            '{"GracefulExit": 2}': 0, '{"GracefulExit": {"value": 1}}': 1, "{}": 0,
+            '{"gracefulexit": 1}': 0, '{"GracefulExit": ': 1, "": 1, "[1]": 1,
             '[{"GracefulExit": 1}]': 1, '"GracefulExit"': 1, "1": 1,
         }
         ranks = {}

@@ -137,6 +137,36 @@ class TrainTests(JobTestCase):
         self.assertEqual(child.wait(), 1)
         self.assertIn("holds step 5, but GRACEFUL_RESUME_STEP is 4", child.stderr.text())
 
+    def test_resume_step_without_a_path_of_this_rank_starts_afresh(self):
+        # The committed step was confirmed with path None: nothing of this rank's to load.
+        fresh = self.directory("fresh")
+        self.finish(self.start(support.TRAIN, fresh, "--steps", "8", "--checkpoint-dir", "ckpt"))
+        cwd = self.directory("run")
+        child = self.start(support.TRAIN, cwd, "--steps", "8", "--checkpoint-dir", "ckpt",
+                           env={"GRACEFUL_RESUME_STEP": 5})
+        self.finish(child)
+        self.assertEqual(child.stdout.text().splitlines()[0],
+                         "rank 0/1: the committed step 5 has no checkpoint of this rank "
+                         "(GRACEFUL_RESUME_PATH unset): starting at step 1")
+        final = os.path.join("ckpt", "final_rank0.json")
+        self.assertEqual(read(os.path.join(cwd, final)), read(os.path.join(fresh, final)))
+
+    def test_default_checkpoint_directory_is_the_examples_own(self):
+        cwd = self.directory("run")
+        with open(os.path.join(cwd, "graceful_exit.json"), "w") as f:
+            f.write('{"GracefulExit": 1}')
+        child = self.start(support.TRAIN, cwd, "--steps", "5")
+        self.finish(child)
+        self.assertIn("rank 0/1: stopped after step 1 (control-file), saved "
+                      "checkpoints/train/rank0/step_1.json", child.stdout.text())
+        os.unlink(os.path.join(cwd, "graceful_exit.json"))
+        self.finish(self.start(support.TRAIN, cwd, "--steps", "2"))
+        self.assertEqual(sorted(os.listdir(os.path.join(cwd, "checkpoints"))), ["train"])
+        self.assertEqual(sorted(os.listdir(os.path.join(cwd, "checkpoints", "train"))),
+                         ["final_rank0.json", "rank0"])
+        self.assertEqual(os.listdir(os.path.join(cwd, "checkpoints", "train", "rank0")),
+                         ["step_1.json"])
+
     def test_coordinated_stop_and_resume_match_an_uninterrupted_run(self):
         stopped, checkpoints, whole = self.stop_resume_and_whole_run(support.TRAIN, "json")
         states = [json.loads(read(path)) for path in checkpoints]
@@ -227,6 +257,14 @@ class TorchDDPTests(JobTestCase):
             final = os.path.join("ckpt", f"final_rank{rank}.pt")
             self.assert_same_model(model(os.path.join(stopped, final)),
                                    model(os.path.join(whole, final)))
+
+    @unittest.skipUnless(HAVE_TORCH, "PyTorch is not installed")
+    def test_default_checkpoint_directory_is_the_examples_own(self):
+        cwd = self.directory("run")
+        self.finish(self.start(TORCH_DDP, cwd, "--steps", "2"))
+        self.assertEqual(os.listdir(os.path.join(cwd, "checkpoints")), ["torch_ddp"])
+        self.assertEqual(os.listdir(os.path.join(cwd, "checkpoints", "torch_ddp")),
+                         ["final_rank0.pt"])
 
     def assert_same_model(self, first, second):
         import torch

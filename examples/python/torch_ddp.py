@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Data-parallel training with PyTorch DDP on CPU (gloo), stopped with graceful_exit.Rank.
+"""Data-parallel training with PyTorch DDP on CPU (gloo), stopped with graceful_exit.rank().
 
 The same toy job as train.py: linear regression, each rank's batch drawn from a generator seeded by
 (seed, step, rank) alone, gradients averaged by DDP in backward(). Under the graceful coordinator
-every rank stops after the same step T and saves <checkpoint-dir>/rank<R>/step_<T>.pt, and saves
-the same file and goes on at the step T of a checkpoint without stopping; run alone (WORLD_SIZE
-unset), Ctrl+C or a control file {"GracefulExit": 1} stops it at the next step.
+every rank stops after the same step T and saves <checkpoint-dir>/rank<R>/step_<T>.pt
+(checkpoint-dir: checkpoints/torch_ddp unless --checkpoint-dir says otherwise) with
+graceful_exit.atomic_write, and saves the same file and goes on at the step T of a checkpoint
+without stopping; run alone (WORLD_SIZE unset), Ctrl+C or a control file {"GracefulExit": 1} stops
+it at the next step. The end of the run saves <checkpoint-dir>/final_rank<R>.pt.
 Needs PyTorch 1.13 or later; without it, it says so and exits 0.
 
-    python3 examples/python/torch_ddp.py --steps 2000 --checkpoint-dir checkpoints
+    python3 examples/python/torch_ddp.py --steps 2000
 """
 
 import argparse
@@ -17,8 +19,7 @@ import os
 import sys
 import time
 
-from graceful_exit import Rank
-from train import write_atomically
+import graceful_exit
 
 
 def parse_args():
@@ -27,8 +28,8 @@ def parse_args():
     parser.add_argument("--dim", type=int, default=16, help="number of features (default 16)")
     parser.add_argument("--step-time", type=float, default=0.02,
                         help="seconds of simulated compute per step (default 0.02)")
-    parser.add_argument("--checkpoint-dir", default="checkpoints",
-                        help="where checkpoints go (default checkpoints)")
+    parser.add_argument("--checkpoint-dir", default=os.path.join("checkpoints", "torch_ddp"),
+                        help="where checkpoints go (default checkpoints/torch_ddp)")
     parser.add_argument("--log-every", type=int, default=100,
                         help="rank 0 prints the loss every N steps; 0: never (default 100)")
     parser.add_argument("--batch", type=int, default=32,
@@ -64,6 +65,11 @@ def train(args, rank, torch, ddp_class):
         optimizer.load_state_dict(state["optimizer"])
         first = rank.resume_step + 1
         print(f"{who}: resuming from {rank.resume_path} (step {rank.resume_step})", flush=True)
+    elif rank.resume_step is not None:
+        # The committed step holds no checkpoint of this rank's (it confirmed it with path None):
+        # nothing of its own to load, so it starts afresh.
+        print(f"{who}: the committed step {rank.resume_step} has no checkpoint of this rank "
+              "(GRACEFUL_RESUME_PATH unset): starting at step 1", flush=True)
     else:
         print(f"{who}: starting at step 1", flush=True)
     ddp = ddp_class(model)
@@ -94,8 +100,7 @@ def train(args, rank, torch, ddp_class):
             trigger = f" ({rank.checkpoint_trigger})" if rank.checkpoint_trigger else ""
             print(f"{who}: checkpoint at step {step}{trigger} saved {path}", flush=True)
     path = os.path.join(args.checkpoint_dir, f"final_rank{rank.rank}.pt")
-    state = checkpoint(args.steps, rank, model, optimizer)
-    write_atomically(path, lambda f: torch.save(state, f))
+    save(torch, path, checkpoint(args.steps, rank, model, optimizer))
     print(f"{who}: finished {args.steps} steps, saved {path}", flush=True)
     return 0
 
@@ -105,12 +110,18 @@ def checkpoint(step, rank, model, optimizer):
             "model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
 
+def save(torch, path, state):
+    """Saves `state` at `path` atomically (graceful_exit.atomic_write), creating its directory."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with graceful_exit.atomic_write(path) as f:
+        torch.save(state, f)
+
+
 def save_checkpoint(torch, args, step, rank, model, optimizer):
     """Saves <checkpoint-dir>/rank<R>/step_<step>.pt, confirms it to the coordinator, and returns
     the path."""
     path = os.path.join(args.checkpoint_dir, f"rank{rank.rank}", f"step_{step}.pt")
-    state = checkpoint(step, rank, model, optimizer)
-    write_atomically(path, lambda f: torch.save(state, f))
+    save(torch, path, checkpoint(step, rank, model, optimizer))
     rank.checkpointed(step, path)
     return path
 
@@ -124,7 +135,7 @@ def main():
     except ImportError:
         print("skipped: PyTorch is not installed (pip install torch)", file=sys.stderr)
         return 0
-    rank = Rank()  # before the rendezvous, so that a stop during it is answered at once
+    rank = graceful_exit.rank()  # before the rendezvous, so that a stop during it is answered at once
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group("gloo")  # MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
     else:

@@ -4,13 +4,15 @@
 Each rank draws its batch from a generator seeded by (seed, step, rank) alone, and the ranks average
 their gradients every step through a small TCP all-reduce at MASTER_ADDR:MASTER_PORT in which rank 0
 sums in rank order. So the ranks run in lockstep like DDP, and a run is bit-for-bit reproducible,
-across a stop and a resume too. It stops through graceful_exit.Rank: under the graceful coordinator
-every rank stops after the same step; run alone (WORLD_SIZE unset), Ctrl+C or a control file
-{"GracefulExit": 1} stops it at the next step. The coordinator's checkpoints without stopping save
-<checkpoint-dir>/rank<R>/step_<T>.json as a stop does, and training goes on; once a step is
-committed, each rank deletes its own checkpoints of earlier steps.
+across a stop and a resume too. It stops through graceful_exit.rank(): under the graceful
+coordinator every rank stops after the same step; run alone (WORLD_SIZE unset), Ctrl+C or a control
+file {"GracefulExit": 1} stops it at the next step. A stop saves <checkpoint-dir>/rank<R>/step_<T>.json
+(checkpoint-dir: checkpoints/train unless --checkpoint-dir says otherwise) with
+graceful_exit.atomic_write; the coordinator's checkpoints without stopping save the same file and
+training goes on; once a step is committed, each rank deletes its own checkpoints of earlier steps.
+The end of the run saves <checkpoint-dir>/final_rank<R>.json.
 
-    python3 examples/python/train.py --steps 2000 --checkpoint-dir checkpoints
+    python3 examples/python/train.py --steps 2000
 """
 
 import argparse
@@ -23,7 +25,7 @@ import struct
 import sys
 import time
 
-from graceful_exit import Rank
+import graceful_exit
 
 # Seconds a socket operation may block: a guard against a dead peer, never reached in a healthy run.
 GUARD_TIMEOUT = 300.0
@@ -43,8 +45,8 @@ def parse_args():
     parser.add_argument("--dim", type=int, default=16, help="number of features (default 16)")
     parser.add_argument("--step-time", type=float, default=0.02,
                         help="seconds of simulated compute per step (default 0.02)")
-    parser.add_argument("--checkpoint-dir", default="checkpoints",
-                        help="where checkpoints go (default checkpoints)")
+    parser.add_argument("--checkpoint-dir", default=os.path.join("checkpoints", "train"),
+                        help="where checkpoints go (default checkpoints/train)")
     parser.add_argument("--log-every", type=int, default=100,
                         help="rank 0 prints the loss every N steps; 0: never (default 100)")
     parser.add_argument("--batch", type=int, default=32,
@@ -185,37 +187,12 @@ class AllReduce:
                 sock.close()
 
 
-def write_atomically(path, write):
-    """Call write(f) on a binary temporary file in the same directory, flush and fsync it, rename
-    it over `path`, then fsync the directory: a crash leaves the old file or the new one, never a
-    torn one. torch_ddp.py saves its checkpoints with it too."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(path, step, rank, weights, bias):
     state = {"step": step, "rank": rank.rank, "world_size": rank.world_size,
              "weights": [w.hex() for w in weights], "bias": bias.hex()}
-    text = json.dumps(state) + "\n"
-    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with graceful_exit.atomic_write(path, "w") as f:
+        f.write(json.dumps(state) + "\n")
 
 
 def delete_older_checkpoints(directory, committed):
@@ -274,8 +251,10 @@ def train(args, rank):
         first = rank.resume_step + 1
         print(f"{who}: resuming from {rank.resume_path} (step {rank.resume_step})", flush=True)
     elif rank.resume_step is not None:
-        raise TrainingError(f"GRACEFUL_RESUME_STEP is {rank.resume_step} but this rank has no "
-                            "GRACEFUL_RESUME_PATH")
+        # The committed step holds no checkpoint of this rank's (it confirmed it with path None):
+        # nothing of its own to load, so it starts afresh.
+        print(f"{who}: the committed step {rank.resume_step} has no checkpoint of this rank "
+              "(GRACEFUL_RESUME_PATH unset): starting at step 1", flush=True)
     else:
         print(f"{who}: starting at step 1", flush=True)
     truth = true_model(args.dim, args.seed)
@@ -312,7 +291,7 @@ def train(args, rank):
 
 def main():
     args = parse_args()
-    rank = Rank()
+    rank = graceful_exit.rank()
     try:
         train(args, rank)
     except (TrainingError, OSError) as error:

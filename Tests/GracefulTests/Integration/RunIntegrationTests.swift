@@ -85,8 +85,8 @@ import Testing
         #expect(try second.waitForExit() == 0, "\(second.output)")
         #expect(second.stderr.contains("resuming from committed step \(step)"))
         for rank in 0..<4 {
-            let expected = try #require(reference.read("checkpoints/final_rank\(rank).json"))
-            #expect(directory.read("checkpoints/final_rank\(rank).json") == expected, "rank \(rank) differs (stopped at \(step))")
+            let expected = try #require(reference.read("checkpoints/train/final_rank\(rank).json"))
+            #expect(directory.read("checkpoints/train/final_rank\(rank).json") == expected, "rank \(rank) differs (stopped at \(step))")
         }
     }
 
