@@ -208,9 +208,15 @@ public final class Rank: Sendable {
         send(RankMessage.checkpointed(step: step, path: path).line)
     }
 
-    /// The same with a path as text; an empty path, or one holding NUL, names no file: nil is sent.
+    /// The same with a path as text. An empty path, or one holding NUL, names no file: that is a
+    /// programming error, stopped here as Python's client raises, rather than a silent `null` that the
+    /// coordinator would commit as "no file of this rank".
     public func checkpointed(step: Int, path: String?) {
-        checkpointed(step: step, checkpoint: path.flatMap { CheckpointPath($0) })
+        guard let path else { return checkpointed(step: step, checkpoint: nil) }
+        guard let checkpoint = CheckpointPath(path) else {
+            preconditionFailure("checkpointed(step:path:): \(path.isEmpty ? "an empty path" : "a path holding NUL") names no file")
+        }
+        checkpointed(step: step, checkpoint: checkpoint)
     }
 
     // MARK: - The slow path (docs/PROTOCOL.md, "What the rank must do")

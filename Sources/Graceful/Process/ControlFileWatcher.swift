@@ -21,6 +21,16 @@ final class ControlFileWatcher {
         case tooLarge
         case cannotRead(errno: Int32)
 
+        fileprivate var kind: UnusableKind {
+            switch self {
+            case .cannotOpen: return .cannotOpen
+            case .cannotExamine: return .cannotExamine
+            case .notRegular(let mode): return .fileType(mode & S_IFMT)
+            case .tooLarge: return .tooLarge
+            case .cannotRead: return .cannotRead
+            }
+        }
+
         var description: String {
             switch self {
             case .cannotOpen(let errno): return "cannot be opened: \(SystemError("open", errno: errno).reason)"
@@ -36,7 +46,13 @@ final class ControlFileWatcher {
     /// valid or missing again.
     private enum WarningKind: Hashable {
         case content(ControlFileProblem.Kind)
-        case unusable
+        /// One per way the file cannot be used (a directory and a fifo are two problems), so that each
+        /// new situation is said even when the missing file in between went unseen.
+        case unusable(UnusableKind)
+    }
+
+    fileprivate enum UnusableKind: Hashable {
+        case cannotOpen, cannotExamine, fileType(mode_t), tooLarge, cannotRead
     }
 
     /// Larger files are refused unread: a control file holds a few bytes.
@@ -160,7 +176,7 @@ final class ControlFileWatcher {
             warned.removeAll()
             return true
         case .state(.invalid(let reason)): problem = (.content(reason.kind), "\(reason)")
-        case .unusable(let reason): problem = (.unusable, "\(reason)")
+        case .unusable(let reason): problem = (.unusable(reason.kind), "\(reason)")
         }
         if warned.insert(problem.kind).inserted { warn("warning: control file \(path): \(problem.text); ignored") }
         return false

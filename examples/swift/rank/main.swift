@@ -9,7 +9,7 @@ import GracefulRank
 struct Options {
     var steps = 1000
     var stepTime = 0.01
-    var checkpointDirectory = "checkpoints-swift"
+    var checkpointDirectory = "checkpoints/swift_rank"
 
     init(_ arguments: [String]) {
         var index = 0
