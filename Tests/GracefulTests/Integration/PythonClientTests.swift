@@ -56,7 +56,11 @@ import Testing
 
     @Test("Python test", arguments: try discover())
     func pythonTest(_ id: String) throws {
-        let run = try Launched([Self.python, Self.runner, "run", id], in: Launched.packageRoot)
+        // One thread per process, as graceful gives its ranks: the tests start several ranks at
+        // once (PyTorch's would each use every core), and the Swift tests run beside them.
+        let threads = ProcessInfo.processInfo.environment["OMP_NUM_THREADS"] ?? "1"
+        let run = try Launched([Self.python, Self.runner, "run", id], in: Launched.packageRoot,
+                               environment: ["OMP_NUM_THREADS": threads])
         let status = try run.waitForExit(timeout: 300)
         for line in run.output.split(separator: "\n") where line.contains("ns/call") {
             print("python client: \(line)")
