@@ -31,6 +31,16 @@ import Testing
         return false
     }
 
+    /// Two soak ranks, stopped once by SIGTERM: a record and checkpoints to resume from.
+    static func commitOnce(in directory: TemporaryDirectory) throws {
+        let run = try Launched(
+            [Launched.graceful, "run", "-n", "2", "--", "python3", soakRank], in: directory.path,
+            environment: ["STEP_TIME": "0.01"])
+        try run.waitFor("]: ready", count: 2)
+        run.signal(SIGTERM)
+        #expect(try run.waitForExit() == 0, "\(run.output)")
+    }
+
     @Test func ctrlZPausesEveryRankAndFgResumesTheJob() throws {
         let directory = try TemporaryDirectory()
         let run = try Launched(
@@ -53,12 +63,7 @@ import Testing
     @Test func aLaunchFromAnotherDirectoryHandsTheRanksAbsolutePathsToTheirCheckpoints() throws {
         let directory = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: directory.file("elsewhere"), withIntermediateDirectories: true)
-        let first = try Launched(
-            [Launched.graceful, "run", "-n", "2", "--", "python3", Self.soakRank], in: directory.path,
-            environment: ["STEP_TIME": "0.01"])
-        try first.waitFor("]: ready", count: 2)
-        first.signal(SIGTERM)
-        #expect(try first.waitForExit() == 0, "\(first.output)")
+        try Self.commitOnce(in: directory)
         let record = try #require(directory.read("graceful_run/soak_rank/last_checkpoint.json"))
         #expect(record.contains("\"directory\": \"\(directory.path)\""), "\(record)")
         // Relative paths in the record; from elsewhere they resolve against the recorded directory.
@@ -74,12 +79,7 @@ import Testing
 
     @Test func aMissingCommittedCheckpointIsSaidBeforeAnyRankStarts() throws {
         let directory = try TemporaryDirectory()
-        let first = try Launched(
-            [Launched.graceful, "run", "-n", "2", "--", "python3", Self.soakRank], in: directory.path,
-            environment: ["STEP_TIME": "0.01"])
-        try first.waitFor("]: ready", count: 2)
-        first.signal(SIGTERM)
-        #expect(try first.waitForExit() == 0, "\(first.output)")
+        try Self.commitOnce(in: directory)
         try FileManager.default.removeItem(atPath: directory.file("ckpt/rank1"))
         let second = try Launched(
             [Launched.graceful, "run", "-n", "2", "--", "python3", Self.soakRank], in: directory.path,
