@@ -44,6 +44,8 @@ public struct Coordinator: Sendable {
     public private(set) var lastCommittedStep: Int?
     /// The first stop trigger of the run, whatever the phase it arrived in.
     public private(set) var stopTrigger: Trigger?
+    /// When that trigger arrived.
+    public private(set) var stopRequestedAt: Instant?
     private var nextRoundID = 1
     private var attemptFailure: Failure?
     /// The step of the last abandoned checkpoint round: ranks may still confirm it, harmlessly.
@@ -68,6 +70,15 @@ public struct Coordinator: Sendable {
         self.ranks = Array(repeating: RankRecord(), count: rankCount)
         self.livingCount = rankCount
         self.lastCommittedStep = resumedStep
+    }
+
+    /// Until when processes the ranks left behind (a launcher's workers in a session of their own)
+    /// may finish saving once every rank ended: the end of the stop's grace, as the ranks had; nil
+    /// when no graceful stop was asked for (nothing to save for), or it was a quit (stop now).
+    public var leftoversDeadline: Instant? {
+        guard let stopRequestedAt, let stopTrigger else { return nil }
+        if case .quit = stopTrigger { return nil }
+        return stopRequestedAt + policy.grace
     }
 
     /// The earliest moment at which `.tick` may change something, or `nil` when only events can.
@@ -161,7 +172,7 @@ public struct Coordinator: Sendable {
     }
 
     private mutating func receiveTrigger(_ trigger: Trigger, now: Instant, into actions: inout [CoordinatorAction]) {
-        if stopTrigger == nil { stopTrigger = trigger }
+        if stopTrigger == nil { (stopTrigger, stopRequestedAt) = (trigger, now) }
         let counts = trigger.signalNumber != nil && signalCounts(now: now)
         switch phase {
         case .running(let round):

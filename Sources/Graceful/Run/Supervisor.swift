@@ -476,7 +476,14 @@ public final class Supervisor {
     /// parent dies during a sweep is adopted and found by the next), relays what is left in the
     /// pipes, reports, and resets the control file after a stop it asked for.
     private func finish() -> Int32 {
-        let code = exitCode ?? ExitCode.systemError
+        var code = exitCode ?? ExitCode.systemError
+        let leftoversOutlivedTheGrace = !awaitLeftovers()
+        if leftoversOutlivedTheGrace && code == ExitCode.success && !coordinator.ranks.contains(where: \.speaksProtocol) {
+            // Nothing was committed: a clean stop of plain ranks is one where everything they started
+            // stopped too; a worker SIGKILLed at the end may have lost its state.
+            console.report("error: processes the ranks left behind did not exit within the grace and are killed: the stop was not clean")
+            code = ExitCode.notCommitted
+        }
         var killed = 0
         for _ in 0..<Self.finalSweeps {
             reapChildren()
@@ -519,6 +526,36 @@ public final class Supervisor {
         } catch {
             console.report("warning: could not mark \(preflight.runDirectory)/\(CommitRecord.fileName) completed: \(error); the next launch would resume from step \(record.step)")
         }
+    }
+
+    /// After a stop, what the ranks left behind (a launcher's workers that left its process group
+    /// with `setsid`, a daemonized helper) gets SIGTERM and the rest of the grace to save and exit, as
+    /// the ranks had; the sweep then kills what is still there. A stop signal meanwhile cuts it short.
+    /// Returns false when some are still there at the end of the grace.
+    private func awaitLeftovers() -> Bool {
+        guard let deadline = coordinator.leftoversDeadline else { return true }
+        var reported = false
+        while clock() < deadline {
+            reapChildren()
+            var snapshot = Descendants.walk(excluding: guardExclusion)
+            let left = snapshot.processes.count
+            snapshot.close()
+            if left == 0 { return true }
+            if !reported {
+                // A protocol rank's leftovers had no SIGTERM yet: the stop sequence starts for them now.
+                deliverToAll(SIGTERM)
+                console.report("\(left) process(es) the ranks left behind got SIGTERM; waiting up to \(format(max(0, deadline.seconds(since: clock()).rounded())))s (the rest of the grace) before SIGKILL")
+                console.flush()
+                reported = true
+            }
+            var ready = pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&ready, 1, Int32(min(100, max(1, deadline.seconds(since: clock()) * 1000))))
+            if signals.drain().contains(where: { signals.stopSignals.contains($0) || SignalPipe.quitSignals.contains($0) }) { return false }
+        }
+        reapChildren()
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        defer { snapshot.close() }
+        return snapshot.isEmpty
     }
 
     /// After a stop the control file asked for, its flag goes back to 0 (every other byte kept), so the
