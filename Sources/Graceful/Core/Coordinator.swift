@@ -501,9 +501,14 @@ public struct Coordinator: Sendable {
                 roundFailed(.endedBeforeConfirming(rank: rank, status), now: now, into: &actions)
                 // Its peers are probably blocked in a collective with it: waiting for grace serves nothing.
                 terminateLiving(now: now, into: &actions)
-            } else if !Self.stoppedCleanly(status) {
-                ranks[rank].note = .didNotStopCleanly
-                roundFailed(.didNotStopCleanly(rank: rank, status), now: now, into: &actions)
+            } else {
+                if !Self.stoppedCleanly(status) {
+                    ranks[rank].note = .didNotStopCleanly
+                    roundFailed(.didNotStopCleanly(rank: rank, status), now: now, into: &actions)
+                }
+                // A gang with a rank that never said hello commits nothing anyway, and the ranks that
+                // did are probably blocked in a collective with the one that just ended.
+                if ranks.contains(where: { $0.isAlive && $0.speaksProtocol }) { terminateLiving(now: now, into: &actions) }
             }
         case .failing, .restarting, .finished:
             break

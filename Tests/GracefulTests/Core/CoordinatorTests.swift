@@ -506,6 +506,17 @@ import Testing
         #expect(machine.handle(.tick, now: t0 + 10).contains { if case .report(.waiting) = $0 { true } else { false } })
     }
 
+    /// A stop during start-up: one rank said hello, the others had not. Nothing can be committed,
+    /// and once a plain rank ended on its SIGTERM the one that said hello is probably blocked in a
+    /// collective with it: it gets SIGTERM at once rather than the whole grace.
+    @Test func aMixedGangStopTerminatesTheProtocolRanksOnceAPlainOneEnded() {
+        var machine = coordinator(ranks: 2, speaking: [0])
+        let stop = machine.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0)
+        #expect(signals(stop) == [1: SignalNumber.terminate])
+        let ended = machine.handle(.exited(rank: 1, .signaled(SignalNumber.terminate)), now: t0 + 0.1)
+        #expect(signals(ended) == [0: SignalNumber.terminate])
+    }
+
     @Test func aSkippedPeriodicCheckpointIsReportedOnce() {
         var machine = Coordinator(rankCount: 2, policy: StopPolicy(checkpointEvery: 0.1))
         _ = machine.handle(.launched, now: t0)

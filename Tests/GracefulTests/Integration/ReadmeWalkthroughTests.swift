@@ -74,6 +74,7 @@ import Testing
         let fourth = try Self.launch(Self.train, in: directory)
         try fourth.waitFor("starting from scratch")
         try fourth.waitFor("[rank0]: rank 0/4: starting at step 1")
+        try fourth.waitFor("[rank0]: step 100:")
         fourth.signal(SIGINT)
         #expect(try fourth.waitForExit() == 0, "\(fourth.output)")
         #expect(!fourth.stderr.contains("resuming from"))
