@@ -28,6 +28,8 @@ public enum CommandLineInterface {
         SUBCOMMANDS:
           run                     Launch ranks and stop them together, at one step, with one
                                   consistent checkpoint.
+          torchrun                The same, from torchrun's command line: 'torchrun ...' becomes
+                                  'graceful torchrun ...'.
 
           See 'graceful help <subcommand>' for detailed help.
 
@@ -45,7 +47,9 @@ public enum CommandLineInterface {
         USAGE: graceful run [<options>] [--] <command> [<arguments> ...]
 
         ARGUMENTS:
-          <command>               The program every rank runs (looked up in PATH).
+          <command>               The program every rank runs (looked up in PATH). A script
+                                  ending in .py runs as 'python3 -u <script>' (the interpreter
+                                  is $PYTHON_EXEC if set), as torchrun runs it.
           <arguments>             Its arguments, passed unchanged.
 
         OPTIONS:
@@ -75,6 +79,7 @@ public enum CommandLineInterface {
                                   Also --master_port.
           --run-id <id>           The run id (GRACEFUL_RUN_ID, TORCHELASTIC_RUN_ID).
                                   (default: random) Also --rdzv-id, --rdzv_id.
+          --no-python             Run a .py command as it is, not under Python. Also --no_python.
           -h, --help              Show help information.
 
         Numbers are plain decimal: counts and ports are whole numbers (4), seconds may have a
@@ -92,18 +97,28 @@ public enum CommandLineInterface {
 
         """
 
-    private static let runUsageHint = "see 'graceful run --help'"
+    static let runUsageHint = "see 'graceful run --help'"
 
-    /// Parses the arguments after the program name.
+    /// Parses the arguments after the program name, on this machine.
     public static func parse(_ arguments: [String]) throws(UsageError) -> Invocation {
+        try parse(arguments, host: .current)
+    }
+
+    /// Parses the arguments after the program name on `host`, which names the Python interpreter and
+    /// counts the processors and GPUs.
+    static func parse(_ arguments: [String], host: Host) throws(UsageError) -> Invocation {
         guard let first = arguments.first else { return .help(overview) }
         switch first {
         case "-h", "--help": return .help(overview)
         case "--version": return .help(version + "\n")
         case "help":
-            if arguments.dropFirst().first == "run" { return .help(runHelp) }
-            return .help(overview)
-        case "run": return try parseRun(Array(arguments.dropFirst()))
+            switch arguments.dropFirst().first {
+            case "run": return .help(runHelp)
+            case "torchrun": return .help(TorchrunCommandLine.help)
+            default: return .help(overview)
+            }
+        case "run": return try parseRun(Array(arguments.dropFirst()), host: host)
+        case "torchrun": return try TorchrunCommandLine.parse(Array(arguments.dropFirst()), host: host)
         default:
             if first.hasPrefix("-") {
                 throw UsageError(message: "unknown option '\(first)' (see 'graceful --help')")
@@ -112,7 +127,8 @@ public enum CommandLineInterface {
         }
     }
 
-    private enum Option {
+    /// The options `graceful run` has; `graceful torchrun` takes those torchrun lacks.
+    enum Option {
         case ranks, runDirectory, controlFile, grace, killAfter, masterAddress, masterPort, runID
         case maxRestarts, restartBackoff, checkpointEvery
     }
@@ -132,8 +148,9 @@ public enum CommandLineInterface {
         "--checkpoint-every": .checkpointEvery,
     ]
 
-    private static func parseRun(_ arguments: [String]) throws(UsageError) -> Invocation {
+    private static func parseRun(_ arguments: [String], host: Host) throws(UsageError) -> Invocation {
         var configuration = RunConfiguration(command: [])
+        var runsScriptsUnderPython = true
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -155,6 +172,12 @@ public enum CommandLineInterface {
                 name = "-n"
                 value = String(argument.dropFirst(2))
             }
+            if name == "--no-python" || name == "--no_python" {
+                guard value == nil else { throw UsageError(message: "'\(name)' takes no value (\(runUsageHint))") }
+                runsScriptsUnderPython = false
+                index += 1
+                continue
+            }
             guard let option = spellings[name] else {
                 throw UsageError(message: "unknown option '\(name)' (\(runUsageHint))")
             }
@@ -171,47 +194,54 @@ public enum CommandLineInterface {
         guard let program = configuration.command.first, !program.isEmpty else {
             throw UsageError(message: "missing the command every rank runs, e.g. 'graceful run -n 4 -- python3 train.py' (\(runUsageHint))")
         }
+        // The torchrun habit, `graceful run -n 4 train.py`: a script is rarely executable, and never
+        // meant to run under another interpreter than Python.
+        if runsScriptsUnderPython, program.hasSuffix(".py") {
+            configuration.command = [host.python, "-u"] + configuration.command
+        }
         return .run(configuration)
     }
 
-    private static func apply(
-        _ option: Option, name: String, value: String, to configuration: inout RunConfiguration
+    /// Sets `option` to `value`; a usage error ends with `hint`, the help to see.
+    static func apply(
+        _ option: Option, name: String, value: String, to configuration: inout RunConfiguration,
+        hint: String = runUsageHint
     ) throws(UsageError) {
         switch option {
         case .ranks:
-            configuration.ranks = try wholeNumber(value, name: name, of: "a number of ranks", in: 1...65536)
+            configuration.ranks = try wholeNumber(value, name: name, of: "a number of ranks", in: 1...65536, hint: hint)
         case .runDirectory:
-            guard !value.isEmpty else { throw UsageError(message: "'\(name)' takes a directory, not an empty string (\(runUsageHint))") }
+            guard !value.isEmpty else { throw UsageError(message: "'\(name)' takes a directory, not an empty string (\(hint))") }
             configuration.runDirectory = value
         case .controlFile:
             guard !value.isEmpty, !value.hasSuffix("/") else {
-                throw UsageError(message: "'\(name)' takes a file path, not '\(value)' (\(runUsageHint))")
+                throw UsageError(message: "'\(name)' takes a file path, not '\(value)' (\(hint))")
             }
             configuration.controlFile = value
         case .grace:
-            configuration.policy.grace = try seconds(value, name: name)
+            configuration.policy.grace = try seconds(value, name: name, hint: hint)
         case .killAfter:
-            configuration.policy.killAfter = try seconds(value, name: name)
+            configuration.policy.killAfter = try seconds(value, name: name, hint: hint)
         case .maxRestarts:
-            configuration.policy.maxRestarts = try wholeNumber(value, name: name, of: "a number of restarts", in: 0...1_000_000)
+            configuration.policy.maxRestarts = try wholeNumber(value, name: name, of: "a number of restarts", in: 0...1_000_000, hint: hint)
         case .restartBackoff:
-            configuration.policy.restartBackoff = try seconds(value, name: name)
+            configuration.policy.restartBackoff = try seconds(value, name: name, hint: hint)
         case .checkpointEvery:
-            let every = try seconds(value, name: name)
+            let every = try seconds(value, name: name, hint: hint)
             guard every > 0 else {
-                throw UsageError(message: "\(name): \"\(value)\" is not above 0 seconds (\(runUsageHint))")
+                throw UsageError(message: "\(name): \"\(value)\" is not above 0 seconds (\(hint))")
             }
             configuration.policy.checkpointEvery = every
         case .masterAddress:
             guard !value.isEmpty, !value.contains(where: \.isWhitespace) else {
-                throw UsageError(message: "'\(name)' takes a host name or address, not '\(value)' (\(runUsageHint))")
+                throw UsageError(message: "'\(name)' takes a host name or address, not '\(value)' (\(hint))")
             }
             configuration.masterAddress = value
         case .masterPort:
-            configuration.masterPort = try wholeNumber(value, name: name, of: "a TCP port", in: 1...65535)
+            configuration.masterPort = try wholeNumber(value, name: name, of: "a TCP port", in: 1...65535, hint: hint)
         case .runID:
             guard !value.isEmpty, !value.contains(where: { $0.isWhitespace || $0 == "=" }) else {
-                throw UsageError(message: "'\(name)' takes a non-empty id without spaces, not '\(value)' (\(runUsageHint))")
+                throw UsageError(message: "'\(name)' takes a non-empty id without spaces, not '\(value)' (\(hint))")
             }
             configuration.runID = value
         }
@@ -219,15 +249,15 @@ public enum CommandLineInterface {
 
     /// Seconds as plain decimal: digits with an optional fraction (`30`, `0.5`, `.5`). `Double(_:)`
     /// alone would also take `0x10`, `1e3`, `inf` and `nan`.
-    private static func seconds(_ value: String, name: String) throws(UsageError) -> Double {
+    static func seconds(_ value: String, name: String, hint: String = runUsageHint) throws(UsageError) -> Double {
         let parts = value.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
         let fraction = parts.count == 2 ? parts[1] : nil
         let wellFormed = isDigits(parts[0]) && (fraction.map { !$0.isEmpty && isDigits($0) } ?? !parts[0].isEmpty)
         guard wellFormed, let seconds = Double(value) else {
-            throw UsageError(message: "\(name): \"\(value)\" is not a number of seconds (\(runUsageHint))")
+            throw UsageError(message: "\(name): \"\(value)\" is not a number of seconds (\(hint))")
         }
         guard seconds <= maximumSeconds else {
-            throw UsageError(message: "\(name): \"\(value)\" is more than \(Int(maximumSeconds)) seconds (\(runUsageHint))")
+            throw UsageError(message: "\(name): \"\(value)\" is more than \(Int(maximumSeconds)) seconds (\(hint))")
         }
         return seconds
     }
@@ -236,19 +266,19 @@ public enum CommandLineInterface {
     private static let maximumSeconds = 31_536_000.0
 
     /// A count or port as plain decimal digits, within `range`.
-    private static func wholeNumber(
-        _ value: String, name: String, of what: String, in range: ClosedRange<Int>
+    static func wholeNumber(
+        _ value: String, name: String, of what: String, in range: ClosedRange<Int>, hint: String = runUsageHint
     ) throws(UsageError) -> Int {
         guard !value.isEmpty, isDigits(Substring(value)) else {
-            throw UsageError(message: "\(name): \"\(value)\" is not a whole number (\(runUsageHint))")
+            throw UsageError(message: "\(name): \"\(value)\" is not a whole number (\(hint))")
         }
         guard let number = Int(value), range.contains(number) else {
-            throw UsageError(message: "\(name): \"\(value)\" is not \(what) from \(range.lowerBound) to \(range.upperBound) (\(runUsageHint))")
+            throw UsageError(message: "\(name): \"\(value)\" is not \(what) from \(range.lowerBound) to \(range.upperBound) (\(hint))")
         }
         return number
     }
 
-    private static func isDigits(_ text: Substring) -> Bool {
+    static func isDigits(_ text: Substring) -> Bool {
         text.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
     }
 }

@@ -42,6 +42,26 @@ import Testing
         #expect(try run(["run", "-n", "2", "python3", "-u", "t.py", "-n", "9"]).command == ["python3", "-u", "t.py", "-n", "9"])
     }
 
+    @Test func aPythonScriptRunsUnderPythonAsTorchrunRunsIt() throws {
+        let host = CommandLineInterface.Host(environment: [:], processors: 1, nvidiaDevices: 0)
+        func command(_ arguments: [String], on host: CommandLineInterface.Host = host) throws -> [String]? {
+            guard case .run(let configuration) = try CommandLineInterface.parse(arguments, host: host) else { return nil }
+            return configuration.command
+        }
+        #expect(try command(["run", "--nproc-per-node", "4", "train.py", "--x"]) == ["python3", "-u", "train.py", "--x"])
+        #expect(try command(["run", "--", "dir/train.py"]) == ["python3", "-u", "dir/train.py"])
+        #expect(try command(["run", "--no-python", "./train.py"]) == ["./train.py"])
+        #expect(try command(["run", "--no_python", "-n", "2", "--", "./train.py"]) == ["./train.py"])
+        #expect(try command(["run", "python3", "train.py"]) == ["python3", "train.py"])
+        #expect(try command(["run", "./trainer", "x.py"]) == ["./trainer", "x.py"])
+        let venv = CommandLineInterface.Host(environment: ["PYTHON_EXEC": "/opt/venv/bin/python"], processors: 1, nvidiaDevices: 0)
+        #expect(try command(["run", "train.py"], on: venv) == ["/opt/venv/bin/python", "-u", "train.py"])
+        #expect(RunConfiguration.jobName(of: ["python3", "-u", "examples/train.py"]) == "train")
+        #expect(throws: CommandLineInterface.UsageError(message: "'--no-python' takes no value (see 'graceful run --help')")) {
+            try command(["run", "--no-python=1", "train.py"])
+        }
+    }
+
     @Test(arguments: [
         ["run"], ["run", "-n", "2"], ["run", "-n"], ["run", "-n", "0", "x"], ["run", "-n", "two", "x"],
         ["run", "--grace", "-1", "x"], ["run", "--grace", "nan", "x"], ["run", "--kill-after", "soon", "x"],
@@ -87,7 +107,7 @@ import Testing
             return
         }
         for option in ["--ranks", "--nproc-per-node", "--local_worker_num", "--run-dir", "--log_dir", "--control-file",
-                       "--grace", "--kill-after", "--master-addr", "--master_port", "--run-id", "EXIT CODES"] {
+                       "--grace", "--kill-after", "--master-addr", "--master_port", "--run-id", "--no-python", "EXIT CODES"] {
             #expect(text.contains(option), "help lacks \(option)")
         }
         #expect(try CommandLineInterface.parse(["--help"]) == .help(CommandLineInterface.overview))
