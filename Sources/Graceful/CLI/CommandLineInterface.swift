@@ -28,6 +28,7 @@ public enum CommandLineInterface {
         SUBCOMMANDS:
           run                     Launch ranks and stop them together, at one step, with one
                                   consistent checkpoint.
+          msrun                   The same, with msrun's command line and MindSpore's scheduler.
 
           See 'graceful help <subcommand>' for detailed help.
 
@@ -102,8 +103,10 @@ public enum CommandLineInterface {
         case "--version": return .help(version + "\n")
         case "help":
             if arguments.dropFirst().first == "run" { return .help(runHelp) }
+            if arguments.dropFirst().first == "msrun" { return .help(MsrunOptions.help) }
             return .help(overview)
         case "run": return try parseRun(Array(arguments.dropFirst()))
+        case "msrun": return try MsrunOptions.parse(Array(arguments.dropFirst()))
         default:
             if first.hasPrefix("-") {
                 throw UsageError(message: "unknown option '\(first)' (see 'graceful --help')")
