@@ -30,6 +30,7 @@ public enum CommandLineInterface {
                                   consistent checkpoint.
           torchrun                The same, from torchrun's command line: 'torchrun ...' becomes
                                   'graceful torchrun ...'.
+          msrun                   The same, with msrun's command line and MindSpore's scheduler.
 
           See 'graceful help <subcommand>' for detailed help.
 
@@ -115,10 +116,12 @@ public enum CommandLineInterface {
             switch arguments.dropFirst().first {
             case "run": return .help(runHelp)
             case "torchrun": return .help(TorchrunCommandLine.help)
+            case "msrun": return .help(MsrunOptions.help)
             default: return .help(overview)
             }
         case "run": return try parseRun(Array(arguments.dropFirst()), host: host)
         case "torchrun": return try TorchrunCommandLine.parse(Array(arguments.dropFirst()), host: host)
+        case "msrun": return try MsrunOptions.parse(Array(arguments.dropFirst()))
         default:
             if first.hasPrefix("-") {
                 throw UsageError(message: "unknown option '\(first)' (see 'graceful --help')")

@@ -14,7 +14,6 @@ final class OutputRelay {
     static let tailLength = 20
     static let maximumTailLine = 1024
 
-    let rank: Int
     private let log: Int32
     private let prefix: [UInt8]
     /// The start of each stream's current line, not yet ended by a newline.
@@ -23,10 +22,10 @@ final class OutputRelay {
     /// Bytes the log could not take (a full disk); reported once.
     private(set) var logLostBytes = 0
 
-    init(rank: Int, log: Int32) {
-        self.rank = rank
+    /// `label` prefixes the console lines: `rank3` gives `[rank3]: `.
+    init(label: String, log: Int32) {
         self.log = log
-        prefix = Array("[rank\(rank)]: ".utf8)
+        prefix = Array("[\(label)]: ".utf8)
     }
 
     enum ReadResult {

@@ -19,9 +19,10 @@ final class RankIO {
     private var discardingChannelLine = false
     private var reportedInvalid = false
 
-    init(process: RankProcess, log: Int32) {
+    /// `label` prefixes its console lines; `rankN` by default.
+    init(process: RankProcess, log: Int32, label: String? = nil) {
         self.process = process
-        relay = OutputRelay(rank: process.rank, log: log)
+        relay = OutputRelay(label: label ?? "rank\(process.rank)", log: log)
     }
 
     /// The messages in one bounded read of the channel. At end of file the channel is closed.

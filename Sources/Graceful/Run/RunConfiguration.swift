@@ -13,6 +13,12 @@ public struct RunConfiguration: Equatable, Sendable {
     public var masterPort: Int?
     /// `nil`: a new random id.
     public var runID: String?
+    /// Where each rank's log goes; `nil`: `<run dir>/rank_N.log`.
+    public var rankLogPaths: [String]?
+    /// Variables every process of the job gets besides its own (msrun's `MS_TOPO_TIMEOUT`).
+    public var extraEnvironment: [String: String] = [:]
+    /// A process started before the ranks that is not one (msrun's scheduler).
+    public var auxiliary: AuxiliaryConfiguration?
 
     public init(command: [String]) {
         self.command = command
@@ -21,6 +27,11 @@ public struct RunConfiguration: Equatable, Sendable {
     /// The run directory asked for, or the job's default.
     public var effectiveRunDirectory: String {
         runDirectory ?? "graceful_run/" + Self.jobName(of: command)
+    }
+
+    /// Where rank `rank`'s log goes, given the run directory in use.
+    public func rankLogPath(_ rank: Int, runDirectory: String) -> String {
+        rankLogPaths?[rank] ?? "\(runDirectory)/rank_\(rank).log"
     }
 
     /// A short name for the job a command runs: the script's name without `.py` for an interpreter

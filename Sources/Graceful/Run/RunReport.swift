@@ -12,14 +12,20 @@ struct RunReport {
     var exitCode: Int32
     /// Rank lines the console dropped (it did not keep up); the logs have them.
     var droppedConsoleLines = 0
+    /// Where each rank's log is, when not `<run dir>/rank_N.log` (msrun's `worker_N.log`).
+    var rankLogPaths: [String]?
+
+    private func logPath(_ rank: Int) -> String {
+        rankLogPaths?[rank] ?? "\(runDirectory)/rank_\(rank).log"
+    }
 
     var lines: [String] {
         var lines: [String] = []
         if let (failure, tail) = failure, exitCode == ExitCode.rankFailed {
             if tail.isEmpty {
-                lines.append("rank \(failure.rank) failed first (\(failure.status)); \(runDirectory)/rank_\(failure.rank).log is empty")
+                lines.append("rank \(failure.rank) failed first (\(failure.status)); \(logPath(failure.rank)) is empty")
             } else {
-                lines.append("rank \(failure.rank) failed first (\(failure.status)); last lines of \(runDirectory)/rank_\(failure.rank).log:")
+                lines.append("rank \(failure.rank) failed first (\(failure.status)); last lines of \(logPath(failure.rank)):")
                 lines += tail.map { "  | \($0)" }
             }
         }
@@ -31,7 +37,7 @@ struct RunReport {
             lines += RunSummary.table(ranks: attempt.ranks, pids: attemptPIDs).map { "  " + $0 }
         }
         if droppedConsoleLines > 0 {
-            lines.append("\(droppedConsoleLines) line(s) of rank output were dropped from the console (it did not keep up); \(runDirectory)/rank_N.log has them all")
+            lines.append("\(droppedConsoleLines) line(s) of rank output were dropped from the console (it did not keep up); \(rankLogPaths == nil ? "\(runDirectory)/rank_N.log has" : "the worker logs have") them all")
         }
         lines.append(Self.describe(exitCode))
         return lines

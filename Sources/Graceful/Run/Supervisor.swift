@@ -48,6 +48,11 @@ public final class Supervisor {
     private var paused = 0.0
     /// The control file requested a stop during the run (in any phase): its flag is reset at the end.
     private var controlFileAskedToStop = false
+    /// The process of the job that is not a rank (msrun's scheduler), if any.
+    private var auxiliary: AuxiliaryProcess?
+    /// The exit code the coordinator decided once every rank ended, while the auxiliary process
+    /// still runs; the run ends when it has ended too.
+    private var ranksExitCode: Int32?
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
@@ -101,6 +106,7 @@ public final class Supervisor {
             console.report("resuming from committed step \(resume.step) (\(preflight.runDirectory)/\(CommitRecord.fileName))")
         }
         console.report("run \(runID): launching \(configuration.ranks) rank(s): \(configuration.command.joined(separator: " "))")
+        try launchAuxiliary()
         try launchGang(restart: 0)
         supervisionLoop()
         return finish()
@@ -124,10 +130,11 @@ public final class Supervisor {
             // Only speed is lost: every request still goes out on the channels.
             console.report("warning: no doorbell (\(SystemError("memfd_create"))); ranks learn of requests from their channel alone")
         }
-        inherited = RankEnvironment.processEnvironment()
+        inherited = RankEnvironment.processEnvironment().filter { configuration.extraEnvironment[$0.name] == nil }
+            + configuration.extraEnvironment.sorted { $0.key < $1.key }.map { ($0.key, Array($0.value.utf8)) }
         let header = "=== graceful run \(runID), \(Self.timestamp()) ===\n"
         for rank in 0..<configuration.ranks {
-            let logPath = "\(preflight.runDirectory)/rank_\(rank).log"
+            let logPath = configuration.rankLogPath(rank, runDirectory: preflight.runDirectory)
             let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             if fd < 0 { throw .logFile(SystemError("open \(logPath)")) }
             logFDs.append(fd)
@@ -142,6 +149,7 @@ public final class Supervisor {
             let now = clock()
             var wake = min(nextStatCheck, nextGuardRefresh)
             if let deadline = coordinator.nextDeadline, deadline < wake { wake = deadline }
+            if let deadline = auxiliary?.lifecycle.nextDeadline, deadline < wake { wake = deadline }
             if awaitingGangExit, now + Self.gangCheckInterval < wake { wake = now + Self.gangCheckInterval }
             var timeout = max(0, (wake.nanoseconds - now.nanoseconds + 999_999) / 1_000_000)
             if console.hasPending { timeout = min(timeout, Self.consoleRetryMilliseconds) }
@@ -161,6 +169,8 @@ public final class Supervisor {
                 switch event.token {
                 case Token.signals: signalsReady = true
                 case Token.controlFile: controlFileChanged = watcher.drainEvents() || controlFileChanged
+                case Token.auxiliaryStdout, Token.auxiliaryStderr:
+                    auxiliary?.io.readOutput(stream: event.token == Token.auxiliaryStdout ? 0 : 1, loop: loop, console: console)
                 default:
                     let (rank, kind) = Token.decode(event.token)
                     // Events of an attempt already replaced are stale: their descriptors are closed.
@@ -194,11 +204,14 @@ public final class Supervisor {
             if clock() >= nextGuardRefresh {
                 nextGuardRefresh = clock() + Self.guardRefreshInterval
                 // The ranks were handed over at launch: only adopted orphans are new.
-                var children = Descendants.walk(excluding: guardExclusion.union(rankByPID.keys), childrenOnly: true)
+                var children = Descendants.walk(
+                    excluding: guardExclusion.union(rankByPID.keys).union([auxiliary?.pid].compactMap { $0 }), childrenOnly: true)
                 processGuard.watch(children)
                 children.close()
             }
             apply(coordinator.handle(.tick, now: clock()))
+            auxiliary?.handle(console: console) { $0.tick(now: clock()) }
+            settleExitCode()
             console.flush()
         }
     }
@@ -215,6 +228,8 @@ public final class Supervisor {
             case SIGCONT:
                 // Also after a SIGSTOP sent to the coordinator alone: the job goes on with it.
                 deliverToAll(SIGCONT)
+            case _ where ranksExitCode != nil && (SignalPipe.quitSignals.contains(signal) || signals.stopSignals.contains(signal)):
+                auxiliary?.handle(console: console) { $0.interrupted(now: clock()) }
             case _ where SignalPipe.quitSignals.contains(signal):
                 apply(coordinator.handle(.trigger(.quit(signal)), now: clock()))
             case _ where signals.stopSignals.contains(signal):
@@ -223,6 +238,31 @@ public final class Supervisor {
                 break
             }
         }
+    }
+
+    /// Starts the auxiliary process, if the run has one, before any rank (msrun starts MindSpore's
+    /// scheduler first).
+    private func launchAuxiliary() throws(RunFailure) {
+        guard let wanted = configuration.auxiliary else { return }
+        let process = try AuxiliaryProcess.launch(
+            wanted, executable: preflight.executable, arguments: Array(configuration.command.dropFirst()),
+            environment: environment.schedulerVariables(inherited: inherited), openFilesLimit: preflight.rankOpenFilesLimit,
+            killAfter: configuration.policy.killAfter, header: "=== graceful run \(runID), \(Self.timestamp()) ===\n",
+            loop: loop, tokens: [Token.auxiliaryStdout, Token.auxiliaryStderr])
+        processGuard.watch(rank: process.io.process)
+        auxiliary = process
+        console.report("started the \(wanted.name) (pid \(process.pid)), log \(wanted.logPath)")
+    }
+
+    /// The run ends once every rank ended and the auxiliary process, if any, has too; its failure
+    /// fails a job that otherwise succeeded.
+    private func settleExitCode() {
+        guard let code = ranksExitCode, exitCode == nil else { return }
+        guard let auxiliary else {
+            exitCode = code
+            return
+        }
+        if auxiliary.lifecycle.hasEnded { exitCode = auxiliary.lifecycle.exitCode(ranks: code) }
     }
 
     /// Spawns every rank of an attempt; on failure, kills what it had started.
@@ -245,15 +285,7 @@ public final class Supervisor {
                 try loop.register(process.outputFDs[1], token: Token.output(rank, stream: 1))
             } catch {
                 abandonLaunch()
-                switch error {
-                case let failure as RankProcess.SpawnError:
-                    switch failure {
-                    case .notExecutable(let reason): throw .commandNotExecutable(preflight.executable, reason: reason.reason)
-                    case .system(let reason): throw .system(reason)
-                    }
-                case let failure as SystemError: throw .system(failure)
-                default: throw .system(SystemError("starting rank \(rank)", errno: EINVAL))
-                }
+                throw .spawning(error, executable: preflight.executable)
             }
         }
         apply(coordinator.handle(.launched, now: clock()))
@@ -277,22 +309,27 @@ public final class Supervisor {
             let pid = graceful_reap_any(&status)
             guard pid > 0 else { return }
             if pid == processGuard.pid {
-                if processGuard.replace(handing: ranks.map(\.process)) {
+                if processGuard.replace(handing: ranks.map(\.process) + [auxiliary?.io.process].compactMap { $0 }) {
                     console.report("warning: the guard process ended unexpectedly; started a new one")
                 } else {
                     console.report("warning: the guard process ended unexpectedly and cannot be replaced (\(SystemError("fork"))); the ranks are not protected against the coordinator's own death")
                 }
                 continue
             }
+            if let auxiliary, pid == auxiliary.pid {
+                auxiliary.reaped(Self.exitStatus(status), now: clock(), console: console)
+                continue
+            }
             guard let rank = rankByPID[pid], coordinator.ranks[rank].isAlive else { continue }
             // A rank that confirmed and then exited at once: its confirmation must count first.
             handle(ranks[rank].drainChannel(loop: loop), from: rank)
             ranks[rank].process.closePidfd()
-            let exit: ExitStatus = graceful_status_signaled(status) != 0
-                ? .signaled(graceful_status_signal(status))
-                : .exited(graceful_status_exit_code(status))
-            apply(coordinator.handle(.exited(rank: rank, exit), now: clock()))
+            apply(coordinator.handle(.exited(rank: rank, Self.exitStatus(status)), now: clock()))
         }
+    }
+
+    private static func exitStatus(_ status: Int32) -> ExitStatus {
+        graceful_status_signaled(status) != 0 ? .signaled(graceful_status_signal(status)) : .exited(graceful_status_exit_code(status))
     }
 
     /// True when no process of the job is left: the coordinator, subreaper of them all, has no child
@@ -344,7 +381,7 @@ public final class Supervisor {
     private func reportLostLog(of rank: Int) {
         let lost = ranks[rank].relay.logLostBytes
         guard lost > 0, reportedLostLogs.insert(rank).inserted else { return }
-        console.report("warning: \(preflight.runDirectory)/rank_\(rank).log cannot be written (\(SystemError("write").reason)); its lines go to the console only")
+        console.report("warning: \(configuration.rankLogPath(rank, runDirectory: preflight.runDirectory)) cannot be written (\(SystemError("write").reason)); its lines go to the console only")
     }
 
     // MARK: - Carrying out decisions
@@ -384,7 +421,9 @@ public final class Supervisor {
             case .report(let line):
                 console.report("\(line)")
             case .finish(let code):
-                exitCode = code
+                ranksExitCode = code
+                auxiliary?.handle(console: console) { $0.ranksEnded(now: clock()) }
+                settleExitCode()
             }
         }
         deliver(signalsDue)
@@ -495,19 +534,25 @@ public final class Supervisor {
         if killed > 0 {
             console.report("killed \(killed) process(es) the ranks left behind")
         }
-        for io in ranks { io.drainOutput(loop: loop, console: console) }
+        for io in ranks + [auxiliary?.io].compactMap({ $0 }) { io.drainOutput(loop: loop, console: console) }
         let failure = coordinator.firstFailure.flatMap { failure in
             failure.rank < ranks.count ? (failure, ranks[failure.rank].relay.tail) : nil
         }
         let report = RunReport(
             attempts: coordinator.attempts, maximumAttempts: configuration.policy.maxRestarts + 1, failure: failure, pids: ranks.map(\.process.pid),
-            runDirectory: preflight.runDirectory, exitCode: code, droppedConsoleLines: console.droppedLines)
+            runDirectory: preflight.runDirectory, exitCode: code, droppedConsoleLines: console.droppedLines,
+            rankLogPaths: configuration.rankLogPaths)
         let lines = report.lines
         lines.dropLast().forEach(console.report)
         if controlFileAskedToStop { resetControlFile() }
         if code == ExitCode.success && coordinator.stopTrigger == nil { markCompleted() }
-        lines.last.map(console.report)
+        if let failure = auxiliary?.lifecycle.failure, code == ExitCode.rankFailed, coordinator.firstFailure == nil {
+            console.report("exit 1: \(failure)")
+        } else {
+            lines.last.map(console.report)
+        }
         for io in ranks { io.close(loop: loop) }
+        auxiliary?.close(loop: loop)
         if let doorbell {
             munmap(doorbell.page, Int(GRACEFUL_DOORBELL_SIZE))
             closeDescriptor(doorbell.fd)
@@ -577,6 +622,8 @@ public final class Supervisor {
     private enum Token {
         static let signals = UInt64.max
         static let controlFile = UInt64.max - 1
+        static let auxiliaryStdout = UInt64.max - 2
+        static let auxiliaryStderr = UInt64.max - 3
         static let channelKind = 0
         static func channel(_ rank: Int) -> UInt64 { UInt64(rank) << 2 }
         static func output(_ rank: Int, stream: Int) -> UInt64 { UInt64(rank) << 2 | UInt64(stream + 1) }
