@@ -20,8 +20,9 @@ EXAMPLES = os.path.join(ROOT, "examples", "python")
 FAKE_RANK = os.path.join(HERE, "fake_rank.py")
 TRAIN = os.path.join(EXAMPLES, "train.py")
 
-# Seconds any single wait may take: a guard against a hung test, never a synchronisation.
-GUARD = 30.0
+# Seconds any single wait may take: a guard against a hung test, never a synchronisation. Generous:
+# four PyTorch ranks importing torch on 2 busy CPUs take most of a minute.
+GUARD = 120.0
 
 _JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
