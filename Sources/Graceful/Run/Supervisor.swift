@@ -408,7 +408,10 @@ public final class Supervisor {
     /// Ctrl+Z: every process of the job stops, then the coordinator, so the shell sees the job
     /// stopped; it goes on from here when continued, and the job with it.
     private func pauseJob() {
-        deliverToAll(SIGSTOP)
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        snapshot.processes.forEach { $0.send(SIGSTOP) }
+        processGuard.watchPaused(snapshot)
+        snapshot.close()
         console.report("paused: every rank is stopped (SIGSTOP); fg or SIGCONT resumes the job")
         console.drain(milliseconds: 100)
         let before = monotonicNow()
