@@ -48,6 +48,9 @@ public final class Supervisor {
     private var paused = 0.0
     /// The control file requested a stop during the run (in any phase): its flag is reset at the end.
     private var controlFileAskedToStop = false
+    /// The last commit: the one resumed from, or the latest this run wrote. A restart resumes from it,
+    /// whatever became of the file since.
+    private var lastRecord: CommitRecord?
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
@@ -94,6 +97,7 @@ public final class Supervisor {
         }
         try prepareLaunch()
         defer { logFDs.forEach(closeDescriptor) }
+        lastRecord = preflight.resume
         if let completed = preflight.completedRecord {
             console.report("the previous run completed at \(completed.completed ?? "?") after committing step \(completed.step); starting from scratch (its record is kept as \(preflight.runDirectory)/\(CommitRecord.completedFileName))")
         }
@@ -373,7 +377,7 @@ public final class Supervisor {
                 awaitingGangExit = true
             case .launch(let restart):
                 for io in ranks { io.close(loop: loop) }
-                environment.resume = currentRecord()
+                environment.resume = lastRecord
                 console.report("restart \(restart): launching \(configuration.ranks) rank(s)")
                 do {
                     try launchGang(restart: restart)
@@ -460,8 +464,12 @@ public final class Supervisor {
         let record = CommitRecord(
             runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp(),
             directory: currentDirectory().flatMap { CheckpointPath(bytes: $0) })
+        guard preflight.lock.isStillHeld(in: preflight.runDirectory) else {
+            return .commitFailed(Self.runDirectoryLost(preflight.runDirectory))
+        }
         do {
             try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
+            lastRecord = record
             return .commitWritten
         } catch {
             return .commitFailed("\(error)")
@@ -515,6 +523,10 @@ public final class Supervisor {
     /// scratch instead of silently training again from the last commit.
     private func markCompleted() {
         guard var record = currentRecord() else { return }
+        guard preflight.lock.isStillHeld(in: preflight.runDirectory) else {
+            console.report("warning: could not mark \(preflight.runDirectory)/\(CommitRecord.fileName) completed: \(Self.runDirectoryLost(preflight.runDirectory))")
+            return
+        }
         record.completed = Self.timestamp()
         do {
             try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
@@ -547,6 +559,10 @@ public final class Supervisor {
         static func channel(_ rank: Int) -> UInt64 { UInt64(rank) << 2 }
         static func output(_ rank: Int, stream: Int) -> UInt64 { UInt64(rank) << 2 | UInt64(stream + 1) }
         static func decode(_ token: UInt64) -> (rank: Int, kind: Int) { (Int(token >> 2), Int(token & 3)) }
+    }
+
+    static func runDirectoryLost(_ directory: String) -> String {
+        "\(directory) or its lock was removed during the run (another run may own it now); nothing is written there"
     }
 
     /// 16 hex digits, always.
