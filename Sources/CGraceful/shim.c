@@ -222,12 +222,28 @@ struct guard_message {
     int32_t pid;
 };
 
+/// The most descriptors one message to the guard carries: a pidfd, then (for a rank) the
+/// coordinator's ends of its channel and output pipes.
+#define GUARD_MAX_FDS 4
+
 /// What the guard holds: a process, proven the coordinator's, and whether it leads a rank's group.
+/// A rank's entry also holds the coordinator's ends of its channel and pipes (`held`), never read:
+/// while the guard lives, the coordinator's death is no end of file on the channel and no SIGPIPE on
+/// the rank's output, so no rank ends on its own (its children going to init, out of the guard's
+/// sight) before the guard has stopped it.
 struct guard_entry {
     int fd;
     pid_t pid;
     int is_rank;
+    int held[GUARD_MAX_FDS - 1];
 };
+
+static void guard_entry_close(struct guard_entry *entry) {
+    close(entry->fd);
+    for (int k = 0; k < GUARD_MAX_FDS - 1; k++) {
+        if (entry->held[k] >= 0) close(entry->held[k]);
+    }
+}
 
 static int alive(int pidfd) { return graceful_pidfd_signal(pidfd, 0) == 0; }
 
@@ -316,7 +332,7 @@ static int adopt(struct guard_entry *entries, int *count, int capacity, pid_t pi
         ((parent > 0 && actual_parent == parent) || (group > 0 && actual_group == group)) && alive(fd) &&
         alive(witness)) {
         graceful_pidfd_signal(fd, SIGSTOP);
-        entries[(*count)++] = (struct guard_entry){.fd = fd, .pid = pid, .is_rank = 0};
+        entries[(*count)++] = (struct guard_entry){.fd = fd, .pid = pid, .is_rank = 0, .held = {-1, -1, -1}};
         return 1;
     }
     close(fd);
@@ -407,7 +423,10 @@ static void guard_sweep(struct guard_entry *entries, int count, int capacity) {
     for (int i = 0; i < count; i++) {
         if (alive(entries[i].fd)) adopt_children(entries, &count, capacity, i);
     }
-    for (int i = 0; i < count; i++) graceful_pidfd_signal(entries[i].fd, SIGKILL);
+    // Deepest first (entries were found parents before children): a parent killed before its stopped
+    // children could orphan their process group, whose members the kernel then sends SIGHUP and
+    // SIGCONT, letting them run (and fork) before their own SIGKILL.
+    for (int i = count - 1; i >= 0; i--) graceful_pidfd_signal(entries[i].fd, SIGKILL);
 }
 
 /// Closes the pidfds of processes that are gone (reaped), keeping the live ones at the front.
@@ -417,13 +436,13 @@ static int guard_prune(struct guard_entry *entries, int count) {
         if (alive(entries[i].fd)) {
             entries[kept++] = entries[i];
         } else {
-            close(entries[i].fd);
+            guard_entry_close(&entries[i]);
         }
     }
     return kept;
 }
 
-static void guard_main(int input, int keep_fd, int max_fd) {
+static void guard_main(int input, int keep_fd, int max_fd, pid_t coordinator) {
     // Async-signal-safe calls and raw system calls only (the coordinator may have threads).
     struct sigaction ignore;
     memset(&ignore, 0, sizeof ignore);
@@ -445,6 +464,16 @@ static void guard_main(int input, int keep_fd, int max_fd) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    // The coordinator's end of the socket closes before the kernel has finished its exit: the end of
+    // file comes before the ranks are reparented and before their process groups, orphaned by that,
+    // get the kernel's SIGHUP and SIGCONT if they have a stopped member. A rank the guard stopped in
+    // between would be hung up on, and die leaving its children to init, out of reach: the sweep
+    // waits (bounded) until the coordinator has wholly exited, which its pidfd says.
+    int coordinator_fd = graceful_pidfd_open(coordinator);
+    if (coordinator_fd >= 0 && getppid() != coordinator) {
+        close(coordinator_fd);
+        coordinator_fd = -1;
+    }
     // Bounded by the descriptors the guard may hold; the dead are pruned when it fills up. The sweep
     // may find as many again.
     struct rlimit limit;
@@ -458,7 +487,7 @@ static void guard_main(int input, int keep_fd, int max_fd) {
     for (;;) {
         struct guard_message payload;
         memset(&payload, 0, sizeof payload);
-        char control[CMSG_SPACE(sizeof(int))];
+        char control[CMSG_SPACE(GUARD_MAX_FDS * sizeof(int))];
         struct iovec vector = {.iov_base = &payload, .iov_len = sizeof payload};
         struct msghdr message;
         memset(&message, 0, sizeof message);
@@ -469,20 +498,35 @@ static void guard_main(int input, int keep_fd, int max_fd) {
         ssize_t got;
         do { got = recvmsg(input, &message, MSG_CMSG_CLOEXEC); } while (got < 0 && errno == EINTR);
         if (got <= 0) break;
-        int received = -1;
+        struct guard_entry entry = {.fd = -1, .pid = payload.pid, .is_rank = payload.kind == GUARD_RANK, .held = {-1, -1, -1}};
         for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
             if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
-                memcpy(&received, CMSG_DATA(header), sizeof received);
+                int fds = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                for (int k = 0; k < fds; k++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(header) + k * sizeof(int), sizeof fd);
+                    if (entry.fd < 0) {
+                        entry.fd = fd;
+                    } else if (k - 1 < GUARD_MAX_FDS - 1 && entry.is_rank) {
+                        entry.held[k - 1] = fd;
+                    } else {
+                        close(fd);
+                    }
+                }
             }
         }
         if (payload.kind == GUARD_RELEASE) _exit(0);
-        if (received < 0) continue;
+        if (entry.fd < 0) continue;
         if (count >= capacity / 2) count = guard_prune(entries, count);
         if (count < capacity / 2) {
-            entries[count++] = (struct guard_entry){.fd = received, .pid = payload.pid, .is_rank = payload.kind == GUARD_RANK};
+            entries[count++] = entry;
         } else {
-            close(received);
+            guard_entry_close(&entry);
         }
+    }
+    if (coordinator_fd >= 0) {
+        struct pollfd exited = {.fd = coordinator_fd, .events = POLLIN};
+        while (poll(&exited, 1, 2000) < 0 && errno == EINTR) {}
     }
     guard_sweep(entries, count, (int)capacity);
     _exit(0);
@@ -493,13 +537,14 @@ pid_t graceful_start_guard(int keep_fd, int *socket_fd) {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) return -1;
     long open_max = sysconf(_SC_OPEN_MAX);
     int max_fd = open_max > 0 && open_max < 1048576 ? (int)open_max : 1048576;
+    pid_t coordinator = getpid();
     sigset_t all, previous;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &previous);
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
-        guard_main(fds[1], keep_fd, max_fd);
+        guard_main(fds[1], keep_fd, max_fd, coordinator);
     }
     int fork_error = errno;
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
@@ -521,8 +566,8 @@ pid_t graceful_start_guard(int keep_fd, int *socket_fd) {
     return pid;
 }
 
-static int guard_send(int socket_fd, char kind, pid_t pid, int pidfd) {
-    char control[CMSG_SPACE(sizeof(int))];
+static int guard_send(int socket_fd, char kind, pid_t pid, const int *fds, int count) {
+    char control[CMSG_SPACE(GUARD_MAX_FDS * sizeof(int))];
     memset(control, 0, sizeof control);
     struct guard_message payload;
     memset(&payload, 0, sizeof payload);
@@ -533,14 +578,15 @@ static int guard_send(int socket_fd, char kind, pid_t pid, int pidfd) {
     memset(&message, 0, sizeof message);
     message.msg_iov = &vector;
     message.msg_iovlen = 1;
-    if (pidfd >= 0) {
+    if (count > GUARD_MAX_FDS) count = GUARD_MAX_FDS;
+    if (count > 0) {
         message.msg_control = control;
-        message.msg_controllen = sizeof control;
+        message.msg_controllen = CMSG_SPACE(count * sizeof(int));
         struct cmsghdr *header = CMSG_FIRSTHDR(&message);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(header), &pidfd, sizeof pidfd);
+        header->cmsg_len = CMSG_LEN(count * sizeof(int));
+        memcpy(CMSG_DATA(header), fds, count * sizeof(int));
     }
     ssize_t sent;
     do { sent = sendmsg(socket_fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
@@ -548,13 +594,17 @@ static int guard_send(int socket_fd, char kind, pid_t pid, int pidfd) {
 }
 
 int graceful_guard_watch(int socket_fd, pid_t pid, int pidfd, int is_rank) {
-    return guard_send(socket_fd, is_rank ? GUARD_RANK : GUARD_WATCH, pid, pidfd);
+    return guard_send(socket_fd, is_rank ? GUARD_RANK : GUARD_WATCH, pid, &pidfd, pidfd >= 0 ? 1 : 0);
+}
+
+int graceful_guard_watch_rank(int socket_fd, pid_t pid, const int *fds, int count) {
+    return guard_send(socket_fd, GUARD_RANK, pid, fds, count);
 }
 
 int graceful_guard_release(int socket_fd) {
     // The guard reads in order: after a watch backlog, the release still arrives; wait for room.
     for (int tries = 0; tries < 200; tries++) {
-        int error = guard_send(socket_fd, GUARD_RELEASE, 0, -1);
+        int error = guard_send(socket_fd, GUARD_RELEASE, 0, NULL, 0);
         if (error != EAGAIN) return error;
         struct pollfd wait = {.fd = socket_fd, .events = POLLOUT};
         poll(&wait, 1, 10);

@@ -61,6 +61,10 @@ pid_t graceful_start_guard(int keep_fd, int *socket_fd);
 /// Hands the guard a duplicate of `pidfd`, the process `pid` (a rank's group leader when `is_rank`).
 /// Never blocks: returns 0, or an errno value (EAGAIN when a stopped guard lets its socket fill up).
 int graceful_guard_watch(int socket_fd, pid_t pid, int pidfd, int is_rank);
+/// Hands the guard a rank: `fds[0]` its pidfd, then up to three descriptors the guard keeps open
+/// and never reads (the coordinator's ends of its channel and output pipes), so the coordinator's
+/// death ends none of them while the guard lives. Never blocks, like `graceful_guard_watch`.
+int graceful_guard_watch_rank(int socket_fd, pid_t pid, const int *fds, int count);
 /// Tells the guard the coordinator ends on purpose: it exits without killing anything.
 int graceful_guard_release(int socket_fd);
 

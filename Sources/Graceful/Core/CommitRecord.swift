@@ -97,9 +97,14 @@ public struct CommitRecord: Equatable, Sendable {
             throw DecodingError(description: "\"ranks\" does not list \(worldSize) ranks")
         }
         var paths = [CheckpointPath?](repeating: nil, count: worldSize)
+        var listed = Set<Int>()
         for entry in entries {
             guard let rank = entry["rank"]?.intValue, paths.indices.contains(rank) else {
                 throw DecodingError(description: "a rank entry without a valid \"rank\"")
+            }
+            // Listed twice, another rank is missing: it would resume with no path, or with another's.
+            guard listed.insert(rank).inserted else {
+                throw DecodingError(description: "rank \(rank) is listed twice in \"ranks\"")
             }
             switch entry["path"] {
             case .some(.null), .none: paths[rank] = nil
@@ -116,6 +121,10 @@ public struct CommitRecord: Equatable, Sendable {
                 throw DecodingError(description: "\"directory\" is not an absolute path")
             }
             directory = path
+        }
+        // A completed run is never resumed: a marker of another type must not read as "not completed".
+        if let raw = value["completed"], !raw.isNull, raw.stringValue == nil {
+            throw DecodingError(description: "\"completed\" is neither a time nor null")
         }
         self.init(
             runID: value["run_id"]?.stringValue ?? "",

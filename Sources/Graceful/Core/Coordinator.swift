@@ -63,6 +63,9 @@ public struct Coordinator: Sendable {
     private var positionCursor = 0
     /// Every rank below it has confirmed the round's step, or does not speak the protocol.
     private var confirmationCursor = 0
+    /// Ranks already warned about a confirmation that does not count, since the latest round began:
+    /// one warning each, so a rank flooding its channel with them cannot flood graceful's own output.
+    private var warnedConfirmation: Set<Int> = []
 
     public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil) {
         precondition(rankCount > 0, "a run has at least one rank")
@@ -182,6 +185,16 @@ public struct Coordinator: Sendable {
         case .stopping(var stop):
             // The control file does not escalate: it cannot be told apart from the request itself.
             guard counts, let signal = trigger.signalNumber else { return }
+            if stop.awaitingFirstSignal {
+                stop.awaitingFirstSignal = false
+                phase = .stopping(stop)
+                // A scheduler's SIGTERM after the control file (or an operator's Ctrl+C after a
+                // colleague's edit) is the first stop signal: the stop in progress is that request.
+                if case .signal = trigger {
+                    actions.append(.report(.alreadyStopping(trigger)))
+                    return
+                }
+            }
             if case .quit = trigger { stop.hurry = max(stop.hurry, 1) }
             stop.hurry += 1
             stop.forcedBy = signal
@@ -223,6 +236,7 @@ public struct Coordinator: Sendable {
         }
         positionCursor = 0
         confirmationCursor = 0
+        warnedConfirmation = []
         return Round(id: id, kind: kind, trigger: trigger, requestedAt: now, target: .aligning(deadline: now + policy.alignTimeout))
     }
 
@@ -231,6 +245,7 @@ public struct Coordinator: Sendable {
     ) {
         var stop = Stop(round: newRound(.stop, trigger: trigger.description, now: now), nextProgressAt: now + StopPolicy.progressInterval)
         stop.supersededStep = supersededStep
+        stop.awaitingFirstSignal = trigger == .controlFile
         if case .quit(let signal) = trigger {
             stop.hurry = 1
             stop.forcedBy = signal
@@ -370,17 +385,17 @@ public struct Coordinator: Sendable {
         }
         if currentRound == nil, abandonedStep == step { return }
         guard let round = currentRound, case .decided(let expected) = round.target, ranks[rank].speaksProtocol else {
-            actions.append(.report(.unsolicitedConfirmation(rank: rank, step: step)))
+            warnOnce(rank, .unsolicitedConfirmation(rank: rank, step: step), into: &actions)
             return
         }
         if let earlier = ranks[rank].confirmation {
-            actions.append(.report(.repeatedConfirmation(rank: rank, step: step, first: earlier.step)))
+            warnOnce(rank, .repeatedConfirmation(rank: rank, step: step, first: earlier.step), into: &actions)
             return
         }
         if now >= round.requestedAt + policy.grace {
             // The deadline is part of the promise: what arrives after it can no longer be committed.
             ranks[rank].note = .confirmedAfterDeadline
-            actions.append(.report(.lateConfirmation(rank: rank, step: step, grace: policy.grace)))
+            warnOnce(rank, .lateConfirmation(rank: rank, step: step, grace: policy.grace), into: &actions)
             return
         }
         ranks[rank].confirmation = .init(step: step, path: path)
@@ -392,6 +407,10 @@ public struct Coordinator: Sendable {
             return
         }
         requestCommitIfComplete(now: now, into: &actions)
+    }
+
+    private mutating func warnOnce(_ rank: Int, _ report: Report, into actions: inout [CoordinatorAction]) {
+        if warnedConfirmation.insert(rank).inserted { actions.append(.report(report)) }
     }
 
     private mutating func requestCommitIfComplete(now: Instant, into actions: inout [CoordinatorAction]) {

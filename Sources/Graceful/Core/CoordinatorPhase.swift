@@ -55,6 +55,9 @@ extension Coordinator {
         var nextProgressAt: Instant
         /// The step of a checkpoint round this stop superseded: late confirmations of it are ignored.
         var supersededStep: Int?
+        /// The stop was requested by the control file and no stop signal has been counted since: the
+        /// first one is the same request, not a second one (it hurries nothing).
+        var awaitingFirstSignal = false
     }
 
     /// The first rank that failed while no stop was pending, in one attempt.

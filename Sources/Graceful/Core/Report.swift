@@ -24,6 +24,8 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
     /// Some ranks never said hello while others did: nothing can be committed.
     case mixedGang(neverSaidHello: [Int])
     case escalated(Trigger, Escalation)
+    /// The first stop signal during a stop the control file requested: the same request, not a second.
+    case alreadyStopping(Trigger)
     case graceExpired(GraceExpiry)
     case checkpointRequested(trigger: String, asking: Int)
     /// Some ranks ended or have not said hello: no checkpoint round.
@@ -67,6 +69,8 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
         case .escalated(let trigger, .terminate(let killAfter)):
             let cause = if case .quit = trigger { "\(trigger): quitting now" } else { "\(trigger) again" }
             return "\(cause): sending SIGTERM to the ranks still running (SIGKILL in \(format(killAfter))s, or on another signal)"
+        case .alreadyStopping(let trigger):
+            return "\(trigger): the stop the control file requested is already under way; another \(trigger) sends SIGTERM to the ranks"
         case .escalated(let trigger, .kill):
             let cause = if case .quit = trigger { "\(trigger): quitting now" } else { "\(trigger) again" }
             return "\(cause): sending SIGKILL to the ranks still running"

@@ -42,6 +42,16 @@ struct RunDirectoryLock {
         return pid_t(String(decoding: bytes[0..<count], as: UTF8.self).split(separator: "\n").first ?? "")
     }
 
+    /// Whether `<directory>/lock` is still the file this lock holds: false once the run directory or
+    /// its lock was removed (and perhaps recreated, and locked, by another run) during the run, when
+    /// a write by path would land in a directory this run does not own.
+    func isStillHeld(in directory: String) -> Bool {
+        var held = stat()
+        var named = stat()
+        guard fstat(fd, &held) == 0, lstat(directory + "/" + Self.fileName, &named) == 0 else { return false }
+        return held.st_dev == named.st_dev && held.st_ino == named.st_ino
+    }
+
     /// Releases it for this process (the guard keeps its own reference until it exits).
     func release() {
         closeDescriptor(fd)

@@ -53,6 +53,9 @@ public final class Supervisor {
     /// The exit code the coordinator decided once every rank ended, while the auxiliary process
     /// still runs; the run ends when it has ended too.
     private var ranksExitCode: Int32?
+    /// The last commit: the one resumed from, or the latest this run wrote. A restart resumes from it,
+    /// whatever became of the file since.
+    private var lastRecord: CommitRecord?
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
@@ -99,6 +102,7 @@ public final class Supervisor {
         }
         try prepareLaunch()
         defer { logFDs.forEach(closeDescriptor) }
+        lastRecord = preflight.resume
         if let completed = preflight.completedRecord {
             console.report("the previous run completed at \(completed.completed ?? "?") after committing step \(completed.step); starting from scratch (its record is kept as \(preflight.runDirectory)/\(CommitRecord.completedFileName))")
         }
@@ -410,7 +414,7 @@ public final class Supervisor {
                 awaitingGangExit = true
             case .launch(let restart):
                 for io in ranks { io.close(loop: loop) }
-                environment.resume = currentRecord()
+                environment.resume = lastRecord
                 console.report("restart \(restart): launching \(configuration.ranks) rank(s)")
                 do {
                     try launchGang(restart: restart)
@@ -447,7 +451,10 @@ public final class Supervisor {
     /// Ctrl+Z: every process of the job stops, then the coordinator, so the shell sees the job
     /// stopped; it goes on from here when continued, and the job with it.
     private func pauseJob() {
-        deliverToAll(SIGSTOP)
+        var snapshot = Descendants.walk(excluding: guardExclusion)
+        snapshot.processes.forEach { $0.send(SIGSTOP) }
+        processGuard.watchPaused(snapshot)
+        snapshot.close()
         console.report("paused: every rank is stopped (SIGSTOP); fg or SIGCONT resumes the job")
         console.drain(milliseconds: 100)
         let before = monotonicNow()
@@ -496,8 +503,12 @@ public final class Supervisor {
         let record = CommitRecord(
             runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp(),
             directory: currentDirectory().flatMap { CheckpointPath(bytes: $0) })
+        guard preflight.lock.isStillHeld(in: preflight.runDirectory) else {
+            return .commitFailed(Self.runDirectoryLost(preflight.runDirectory))
+        }
         do {
             try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
+            lastRecord = record
             return .commitWritten
         } catch {
             return .commitFailed("\(error)")
@@ -564,6 +575,10 @@ public final class Supervisor {
     /// scratch instead of silently training again from the last commit.
     private func markCompleted() {
         guard var record = currentRecord() else { return }
+        guard preflight.lock.isStillHeld(in: preflight.runDirectory) else {
+            console.report("warning: could not mark \(preflight.runDirectory)/\(CommitRecord.fileName) completed: \(Self.runDirectoryLost(preflight.runDirectory))")
+            return
+        }
         record.completed = Self.timestamp()
         do {
             try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
@@ -628,6 +643,10 @@ public final class Supervisor {
         static func channel(_ rank: Int) -> UInt64 { UInt64(rank) << 2 }
         static func output(_ rank: Int, stream: Int) -> UInt64 { UInt64(rank) << 2 | UInt64(stream + 1) }
         static func decode(_ token: UInt64) -> (rank: Int, kind: Int) { (Int(token >> 2), Int(token & 3)) }
+    }
+
+    static func runDirectoryLost(_ directory: String) -> String {
+        "\(directory) or its lock was removed during the run (another run may own it now); nothing is written there"
     }
 
     /// 16 hex digits, always.

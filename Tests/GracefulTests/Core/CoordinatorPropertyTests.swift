@@ -70,6 +70,9 @@ struct Walk {
     var helloBeforeStop: [Bool]?
     var lastStopSignalAt: Instant?
     var forcedBy: Int32?
+    /// The stop was started by the control file and no stop signal has counted since: the first one
+    /// is the same request and forces nothing.
+    var awaitingFirstSignal = false
     var stopCommitted = false
     var launches = 0
     var finished = false
@@ -241,9 +244,12 @@ struct Walk {
                 let counted = lastStopSignalAt.map { now.seconds(since: $0) >= policy.signalDebounce } ?? true
                 lastStopSignalAt = now
                 let quits = if case .quit = trigger { true } else { false }
-                if (quits && startsStop || !startsStop && counted) && !attemptFailed { forcedBy = number }
+                let absorbed = !startsStop && counted && !attemptFailed && awaitingFirstSignal && !quits
+                if !startsStop && counted && !attemptFailed { awaitingFirstSignal = false }
+                if (quits && startsStop || !startsStop && counted) && !attemptFailed && !absorbed { forcedBy = number }
             }
             if startsStop {
+                awaitingFirstSignal = trigger == .controlFile
                 helloBeforeStop = saidHello
                 round = Round(id: nil, kind: .stop, startedAt: now, helloBefore: saidHello, step: nil,
                               confirmations: Array(repeating: [], count: rankCount))
