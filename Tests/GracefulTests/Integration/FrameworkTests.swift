@@ -51,7 +51,7 @@ import Testing
         let directory = try TemporaryDirectory()
         let arguments = [
             "torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
-            Launched.packageRoot + "/examples/lightning/train.py", "--step-time", "0.01",
+            Launched.packageRoot + "/examples/lightning/lightning_ddp.py", "--step-time", "0.01",
         ]
         let first = try Self.launch(arguments, in: directory)
         try first.waitFor("[rank0]: step 100:", timeout: 90)

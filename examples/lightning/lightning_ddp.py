@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch Lightning DDP on CPU (gloo), stopped and resumed with graceful's GracefulStop callback.
 
-    graceful torchrun --standalone --nnodes 1 --nproc-per-node 2 examples/lightning/train.py
+    graceful torchrun --standalone --nnodes 1 --nproc-per-node 2 examples/lightning/lightning_ddp.py
 
 A tiny linear regression (16 features) on a dataset generated here from --seed (no download),
 ``Trainer(strategy="ddp", accelerator="cpu", devices=<LOCAL_WORLD_SIZE>)``, for --steps optimizer
