@@ -17,8 +17,6 @@ final class ProcessGuard {
     private let lockFD: Int32
     /// The processes handed over, so each is sent once; vanished ones are forgotten at each refresh.
     private var watched: Set<Descendant.Identity> = []
-    /// The processes handed over when the job was paused, likewise.
-    private var pausedHandedOver: Set<Descendant.Identity> = []
 
     init(keeping lockFD: Int32) throws(SystemError) {
         self.lockFD = lockFD
@@ -38,12 +36,16 @@ final class ProcessGuard {
     /// children to init, out of the guard's reach.
     func watch(rank process: RankProcess) {
         guard socket >= 0, process.pidfd >= 0 else { return }
-        let fds = [process.pidfd, process.channelFD] + process.outputFDs
-        _ = graceful_guard_watch_rank(socket, process.pid, fds.filter { $0 >= 0 }, Int32(fds.filter { $0 >= 0 }.count))
+        let fds = ([process.pidfd, process.channelFD] + process.outputFDs).filter { $0 >= 0 }
+        _ = graceful_guard_watch_rank(socket, process.pid, fds, Int32(fds.count))
     }
 
-    /// Hands over every process of `snapshot` not handed over before (a snapshot of the coordinator's
-    /// direct children: ranks, which it has, and adopted orphans, which it needs).
+    /// Hands over every process of `snapshot` not handed over before: the coordinator's direct
+    /// children (ranks, which it has, and adopted orphans, which it needs) every second, and every
+    /// process of the job as it is paused (Ctrl+Z). If the coordinator dies while they are stopped,
+    /// the kernel hangs up on the ranks' process groups (orphaned, with stopped members) before the
+    /// guard can act: a rank killed by that SIGHUP leaves its children to init, where no walk from the
+    /// rank finds them, but the guard holds each of them already.
     func watch(_ snapshot: Descendants) {
         guard socket >= 0 else { return }
         var current: Set<Descendant.Identity> = []
@@ -56,22 +58,6 @@ final class ProcessGuard {
         watched.formIntersection(current)
     }
 
-    /// Hands over every process of the job as it is paused (Ctrl+Z). If the coordinator dies while
-    /// they are stopped, the kernel hangs up on the ranks' process groups (orphaned, with stopped
-    /// members) before the guard can act: a rank killed by that SIGHUP leaves its children to init,
-    /// where no walk from the rank finds them, but the guard holds each of them already.
-    func watchPaused(_ snapshot: Descendants) {
-        guard socket >= 0 else { return }
-        var current: Set<Descendant.Identity> = []
-        for process in snapshot.processes {
-            current.insert(process.identity)
-            if !pausedHandedOver.contains(process.identity), graceful_guard_watch(socket, process.pid, process.pidfd, 0) == 0 {
-                pausedHandedOver.insert(process.identity)
-            }
-        }
-        pausedHandedOver.formIntersection(current)
-    }
-
     /// The guard was reaped although the coordinator did not release it: a new one takes its place,
     /// handed the ranks of `gang` (the caller hands the rest at its next refresh). Returns false when
     /// none could be started.
@@ -80,7 +66,6 @@ final class ProcessGuard {
         socket = -1
         pid = -1
         watched = []
-        pausedHandedOver = []
         do {
             try start()
         } catch {

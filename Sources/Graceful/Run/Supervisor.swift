@@ -453,7 +453,7 @@ public final class Supervisor {
     private func pauseJob() {
         var snapshot = Descendants.walk(excluding: guardExclusion)
         snapshot.processes.forEach { $0.send(SIGSTOP) }
-        processGuard.watchPaused(snapshot)
+        processGuard.watch(snapshot)
         snapshot.close()
         console.report("paused: every rank is stopped (SIGSTOP); fg or SIGCONT resumes the job")
         console.drain(milliseconds: 100)
