@@ -166,21 +166,17 @@ int graceful_signal_catch(int write_fd, int sig) {
     return sigaction(sig, &action, NULL) == 0 ? 0 : errno;
 }
 
-int graceful_signal_ignore(int sig) {
+static int set_disposition(int sig, void (*handler)(int)) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
-    action.sa_handler = SIG_IGN;
+    action.sa_handler = handler;
     sigemptyset(&action.sa_mask);
     return sigaction(sig, &action, NULL) == 0 ? 0 : errno;
 }
 
-int graceful_signal_default(int sig) {
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_handler = SIG_DFL;
-    sigemptyset(&action.sa_mask);
-    return sigaction(sig, &action, NULL) == 0 ? 0 : errno;
-}
+int graceful_signal_ignore(int sig) { return set_disposition(sig, SIG_IGN); }
+
+int graceful_signal_default(int sig) { return set_disposition(sig, SIG_DFL); }
 
 int graceful_signal_is_ignored(int sig) {
     struct sigaction current;

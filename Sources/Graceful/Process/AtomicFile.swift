@@ -1,4 +1,5 @@
 import Glibc
+import GracefulProtocol
 
 /// Durable, atomic replacement of a file: readers see the old content or the new, never a mix, even
 /// if the coordinator is killed or the machine loses power half-way.
@@ -119,4 +120,12 @@ func absolutePath(_ path: String) -> String {
     let directory = String(decoding: bytes, as: UTF8.self)
     let trimmed = path.hasPrefix("./") ? String(path.dropFirst(2)) : path
     return directory == "/" ? "/" + trimmed : directory + "/" + trimmed
+}
+
+extension CheckpointPath {
+    /// Whether something is at this path now (links followed); when not, errno says why.
+    var exists: Bool {
+        var info = stat()
+        return withCString { stat($0, &info) } == 0
+    }
 }

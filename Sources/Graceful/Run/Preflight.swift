@@ -72,8 +72,7 @@ struct Preflight {
             if let resume {
                 for rank in 0..<resume.worldSize {
                     guard let path = resume.resumePath(rank: rank) else { continue }
-                    var info = stat()
-                    if path.withCString({ stat($0, &info) }) != 0 {
+                    if !path.exists {
                         warn("warning: rank \(rank)'s committed checkpoint \(path) does not exist (\(SystemError("stat").reason)); the rank is handed it all the same")
                     }
                 }

@@ -298,7 +298,7 @@ public final class Supervisor {
     /// Kills and reaps every process started so far (a launch failed half-way).
     private func abandonLaunch() {
         for _ in 0..<Self.finalSweeps where killDescendants() > 0 {
-            waitForChildren()
+            _ = waitForSignals(milliseconds: Int32(Self.gangCheckInterval * 1000))
             reapChildren()
         }
         ranks.forEach { $0.close(loop: loop) }
@@ -451,10 +451,8 @@ public final class Supervisor {
     /// Ctrl+Z: every process of the job stops, then the coordinator, so the shell sees the job
     /// stopped; it goes on from here when continued, and the job with it.
     private func pauseJob() {
-        var snapshot = Descendants.walk(excluding: guardExclusion)
-        snapshot.processes.forEach { $0.send(SIGSTOP) }
-        processGuard.watch(snapshot)
-        snapshot.close()
+        // Handed to the guard too: a coordinator dying while they are stopped must find them held.
+        deliverToAll(SIGSTOP, handingToGuard: true)
         console.report("paused: every rank is stopped (SIGSTOP); fg or SIGCONT resumes the job")
         console.drain(milliseconds: 100)
         let before = monotonicNow()
@@ -464,10 +462,14 @@ public final class Supervisor {
         console.report("resumed after \(format((monotonicNow().seconds(since: before) * 10).rounded() / 10))s")
     }
 
-    private func deliverToAll(_ signal: Int32) {
+    /// `signal` to every descendant but the guard. Returns how many were signalled.
+    @discardableResult
+    private func deliverToAll(_ signal: Int32, handingToGuard: Bool = false) -> Int {
         var snapshot = Descendants.walk(excluding: guardExclusion)
         defer { snapshot.close() }
         snapshot.processes.forEach { $0.send(signal) }
+        if handingToGuard { processGuard.watch(snapshot) }
+        return snapshot.processes.count
     }
 
     /// The coordinator's clock: monotonic, without the time the job was paused.
@@ -478,25 +480,21 @@ public final class Supervisor {
     /// SIGKILL to every descendant but the guard. Returns how many were signalled.
     @discardableResult
     private func killDescendants() -> Int {
-        var snapshot = Descendants.walk(excluding: guardExclusion)
-        defer { snapshot.close() }
-        snapshot.processes.forEach { $0.send(SIGKILL) }
-        return snapshot.processes.count
+        deliverToAll(SIGKILL)
     }
 
-    /// Waits (bounded) for a child to change state, on the signal pipe's SIGCHLD byte.
-    private func waitForChildren() {
+    /// Waits up to `milliseconds` for a signal (SIGCHLD: a child changed state); the signals received.
+    private func waitForSignals(milliseconds: Int32) -> [Int32] {
         var ready = pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0)
-        _ = poll(&ready, 1, Int32(Self.gangCheckInterval * 1000))
-        _ = signals.drain()
+        _ = poll(&ready, 1, milliseconds)
+        return signals.drain()
     }
 
     /// Writes the record if every reported checkpoint exists; the event to feed back.
     private func commit(step: Int, paths: [CheckpointPath?], trigger: String) -> CoordinatorEvent {
         for (rank, path) in paths.enumerated() {
             guard let path else { continue }
-            var info = stat()
-            if path.withCString({ stat($0, &info) }) != 0 {
+            if !path.exists {
                 return .commitFailed("rank \(rank)'s checkpoint \(path) does not exist")
             }
         }
@@ -540,7 +538,7 @@ public final class Supervisor {
             let count = killDescendants()
             if count == 0 { break }
             killed += count
-            waitForChildren()
+            _ = waitForSignals(milliseconds: Int32(Self.gangCheckInterval * 1000))
         }
         if killed > 0 {
             console.report("killed \(killed) process(es) the ranks left behind")
@@ -593,29 +591,17 @@ public final class Supervisor {
     /// the ranks had; the sweep then kills what is still there. A stop signal meanwhile cuts it short.
     /// Returns false when some are still there at the end of the grace.
     private func awaitLeftovers() -> Bool {
-        guard let deadline = coordinator.leftoversDeadline else { return true }
-        var reported = false
+        guard let deadline = coordinator.leftoversDeadline, !gangIsGone() else { return true }
+        // A protocol rank's leftovers had no SIGTERM yet: the stop sequence starts for them now.
+        let left = deliverToAll(SIGTERM)
+        console.report("\(left) process(es) the ranks left behind got SIGTERM; waiting up to \(format(max(0, deadline.seconds(since: clock()).rounded())))s (the rest of the grace) before SIGKILL")
+        console.flush()
         while clock() < deadline {
-            reapChildren()
-            var snapshot = Descendants.walk(excluding: guardExclusion)
-            let left = snapshot.processes.count
-            snapshot.close()
-            if left == 0 { return true }
-            if !reported {
-                // A protocol rank's leftovers had no SIGTERM yet: the stop sequence starts for them now.
-                deliverToAll(SIGTERM)
-                console.report("\(left) process(es) the ranks left behind got SIGTERM; waiting up to \(format(max(0, deadline.seconds(since: clock()).rounded())))s (the rest of the grace) before SIGKILL")
-                console.flush()
-                reported = true
-            }
-            var ready = pollfd(fd: signals.readFD, events: Int16(POLLIN), revents: 0)
-            _ = poll(&ready, 1, Int32(min(100, max(1, deadline.seconds(since: clock()) * 1000))))
-            if signals.drain().contains(where: { signals.stopSignals.contains($0) || SignalPipe.quitSignals.contains($0) }) { return false }
+            let received = waitForSignals(milliseconds: Int32(min(100, max(1, deadline.seconds(since: clock()) * 1000))))
+            if received.contains(where: { signals.stopSignals.contains($0) || SignalPipe.quitSignals.contains($0) }) { return false }
+            if gangIsGone() { return true }
         }
-        reapChildren()
-        var snapshot = Descendants.walk(excluding: guardExclusion)
-        defer { snapshot.close() }
-        return snapshot.isEmpty
+        return gangIsGone()
     }
 
     /// After a stop the control file asked for, its flag goes back to 0 (every other byte kept), so the

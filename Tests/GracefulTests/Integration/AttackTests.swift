@@ -44,10 +44,7 @@ import Testing
     @Test func theFirstSignalAfterAControlFileStopDoesNotEscalate() throws {
         let directory = try TemporaryDirectory()
         defer { HardeningTests.killLeftovers(directory.path) }
-        let run = try Launched(
-            [Self.graceful, "run", "-n", "2", "--grace", "20", "--kill-after", "1", "--", "python3", Self.fixtures + "/slow_save_rank.py"],
-            in: directory.path, environment: ["SAVE_TIME": "2"])
-        try run.waitFor("]: ready", count: 2)
+        let run = try HardeningTests.launchSlowSaving(in: directory, grace: 20, saveTime: 2)
         try directory.write("graceful_exit.json", #"{"GracefulExit": 1}"#)
         try run.waitFor("stop requested (control-file)")
         try run.waitFor("]: saving", count: 2)

@@ -376,6 +376,16 @@ import Testing
         #expect(waitUntilNoProcess(workingIn: directory.path).isEmpty, "ranks left after signal \(signal)")
     }
 
+    /// Two ranks of `slow_save_rank.py`, which take `saveTime` seconds to save, once both are ready:
+    /// a stop lasts long enough for signals to land inside it.
+    static func launchSlowSaving(in directory: TemporaryDirectory, grace: Int, saveTime: Double) throws -> Launched {
+        let run = try Launched(
+            [graceful, "run", "-n", "2", "--grace", String(grace), "--kill-after", "1", "--", "python3", fixtures + "/slow_save_rank.py"],
+            in: directory.path, environment: ["SAVE_TIME": String(saveTime)])
+        try run.waitFor("]: ready", count: 2)
+        return run
+    }
+
     // MARK: - 7. Signal storms
 
     /// Defect: the debounce counts from the last signal that counted, so a storm spread over more than
@@ -383,10 +393,7 @@ import Testing
     @Test func aSignalStormSpreadOverTimeIsOneStop() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
-        let run = try Launched(
-            [Self.graceful, "run", "-n", "2", "--grace", "10", "--kill-after", "1", "--", "python3", Self.fixtures + "/slow_save_rank.py"],
-            in: directory.path, environment: ["SAVE_TIME": "2.5"])
-        try run.waitFor("]: ready", count: 2)
+        let run = try Self.launchSlowSaving(in: directory, grace: 10, saveTime: 2.5)
         // The storm's pace is the scenario (a scheduler repeating its signal), not a synchronisation.
         for _ in 0..<100 {
             run.signal(SIGTERM)
@@ -401,10 +408,7 @@ import Testing
     @Test func aSecondSigintHalfASecondLaterStillEscalates() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
-        let run = try Launched(
-            [Self.graceful, "run", "-n", "2", "--grace", "10", "--kill-after", "1", "--", "python3", Self.fixtures + "/slow_save_rank.py"],
-            in: directory.path, environment: ["SAVE_TIME": "5"])
-        try run.waitFor("]: ready", count: 2)
+        let run = try Self.launchSlowSaving(in: directory, grace: 10, saveTime: 5)
         run.signal(SIGINT)
         try run.waitFor("stop requested")
         usleep(500_000)  // the gap between the two Ctrl+C is the scenario
