@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 
 /// The coordinator while a rank writes as fast as it can (docs/BENCHMARKS.md, "Output flood"):
-/// - stop under flood: `graceful run -n 2` of rank 0 `yes` and rank 1 `sleep`, its console drained
+/// - stop under flood: `graceful run -n 2` of rank 0 `yes` and rank 1 `echo ready; sleep`, its console drained
 ///   here or stalled; after `Options.floodSeconds` of flood, SIGTERM to graceful, timed to its
 ///   `stop requested` line (drained only: a stalled console cannot be read), to the `yes` rank having
 ///   ended (it got graceful's SIGTERM), and to graceful's exit; graceful's VmRSS sampled every 100 ms
@@ -168,7 +168,7 @@ struct Flood {
     ) throws -> StopTrial {
         let directory = try workspace.directory("flood-stop-\(console.rawValue)-\(index)")
         defer { workspace.remove(directory) }
-        let script = "if [ \"$RANK\" = 0 ]; then exec yes; else exec sleep 1000; fi"
+        let script = "if [ \"$RANK\" = 0 ]; then exec yes; else echo ready; exec sleep 1000; fi"
         let job = try FloodProcess(workspace.graceful, [
             "run", "-n", "2", "--run-dir", directory + "/run", "--control-file", directory + "/graceful_exit.json",
             "--", "/bin/sh", "-c", script,

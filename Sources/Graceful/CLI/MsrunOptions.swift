@@ -30,11 +30,13 @@ public enum MsrunOptions {
           --log_dir <dir>           Where scheduler.log and worker_N.log go; also graceful's run
                                     directory. (default: logs in the current directory, run
                                     directory graceful_run/<job>)
-          --worker_log_name <name>  Worker logs are <name>_N.log; {hostname} is replaced.
+          --worker_log_name <name>  Worker logs are <name>_N.log; {hostname} and {ip} (this
+                                    machine's address toward --master_addr) are replaced.
           --cluster_time_out <s>    MS_TOPO_TIMEOUT for every process. (default: 600)
           --node_rank <n>           Accepted; one node, so ignored (as msrun does).
           --join <True|False>       Accepted; graceful always waits for the job.
-          --tail_worker_log <list>  Accepted; graceful relays every worker's output, prefixed.
+          --tail_worker_log <list>  The workers whose output the console shows, prefixed, as
+                                    0,1,...; -1: all. Every log keeps everything. (default: -1)
           --bind_core, --bind_numa  Only False; --sim_level, --sim_rank_id, --rank_table_file
                                     are refused.
 
@@ -63,6 +65,8 @@ public enum MsrunOptions {
         var clusterTimeOut = 600
         var configuration = RunConfiguration(command: [])
         var schedulerTimeout = defaultSchedulerTimeout
+        /// nil: every worker (msrun's -1).
+        var tailedWorkers: Set<Int>?
         var index = 0
         while index < arguments.count {
             var argument = arguments[index]
@@ -103,9 +107,6 @@ public enum MsrunOptions {
                 logDirectory = try takeValue()
             case "--worker_log_name":
                 workerLogName = try takeValue()
-                if workerLogName.contains("{ip}") {
-                    throw usage("'\(name)': {ip} is not supported yet; use {hostname} or a fixed name")
-                }
                 if workerLogName.contains("/") { throw usage("'\(name)' takes a file name, not a path") }
             case "--cluster_time_out":
                 clusterTimeOut = try integer(try takeValue(), name: name)
@@ -113,9 +114,11 @@ public enum MsrunOptions {
                 _ = try boolean(try takeValue(), name: name)
             case "--tail_worker_log":
                 let list = try takeValue()
-                guard list.split(separator: ",", omittingEmptySubsequences: false).allSatisfy({ Int($0) != nil }) else {
+                let workers = list.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
+                guard workers.allSatisfy({ $0 != nil }) else {
                     throw usage("'\(name)' takes -1 or a comma-separated list of worker numbers, not '\(list)'")
                 }
+                tailedWorkers = list == "-1" ? nil : Set(workers.compactMap { $0 })
             case "--bind_core", "--bind_numa":
                 let setting = try takeValue()
                 guard setting.lowercased() == "false" else {
@@ -159,9 +162,16 @@ public enum MsrunOptions {
             : ["python", script] + scriptArguments
         configuration.ranks = localWorkerNumber
         if !logDirectory.isEmpty { configuration.runDirectory = logDirectory }
-        let logName = workerLogName.isEmpty ? "worker" : workerLogName.replacing("{hostname}", with: hostName())
+        var logName = workerLogName.isEmpty ? "worker" : workerLogName.replacing("{hostname}", with: NetworkAddress.hostName())
+        if logName.contains("{ip}") {
+            guard let address = NetworkAddress.localAddress(toward: configuration.masterAddress) else {
+                throw usage("'--worker_log_name': {ip} needs this machine's address toward --master_addr '\(configuration.masterAddress)', which does not resolve or cannot be reached")
+            }
+            logName = logName.replacing("{ip}", with: address)
+        }
         configuration.rankLogPaths = (0..<localWorkerNumber).map { join(logDirectory, "\(logName)_\($0).log") }
         configuration.extraEnvironment = ["MS_TOPO_TIMEOUT": String(clusterTimeOut)]
+        configuration.consoleRanks = tailedWorkers
         configuration.auxiliary = AuxiliaryConfiguration(
             name: "scheduler", logPath: join(logDirectory, "scheduler.log"), exitDeadline: schedulerTimeout)
         return .run(configuration)
@@ -210,9 +220,4 @@ public enum MsrunOptions {
         return seconds
     }
 
-    private static func hostName() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
 }

@@ -28,8 +28,9 @@ import GracefulProtocol
 /// - the exit code: 1 when a rank failed (non-zero, or a signal) while no stop was pending and no
 ///   restart was left or allowed; otherwise 0 when no stop was requested (every rank exited 0), or
 ///   when the stop's commit was written; else 128+N when signal N forced the stop (a counted second
-///   or third signal, or a quit); else 0 when no rank said hello and every rank exited 0 or on
-///   SIGTERM; else 2.
+///   or third signal, or a quit); else 0 when no rank said hello and every rank exited 0, or on
+///   SIGTERM after it had started running (it wrote output, or the stop came
+///   `StopPolicy.plainStartupTime` or more after the launch); else 2.
 public struct Coordinator: Sendable {
     public let policy: StopPolicy
     public private(set) var ranks: [RankRecord]
@@ -47,6 +48,8 @@ public struct Coordinator: Sendable {
     /// When that trigger arrived.
     public private(set) var stopRequestedAt: Instant?
     private var nextRoundID = 1
+    /// When the current attempt's ranks were spawned.
+    private var launchedAt: Instant?
     private var attemptFailure: Failure?
     /// The step of the last abandoned checkpoint round: ranks may still confirm it, harmlessly.
     private var abandonedStep: Int?
@@ -120,7 +123,10 @@ public struct Coordinator: Sendable {
         var actions: [CoordinatorAction] = []
         switch event {
         case .launched:
+            launchedAt = now
             if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+        case .output(let rank):
+            ranks[rank].wroteOutput = true
         case .hello(let rank):
             // A hello after a stop request is too late: the rank was told to stop as a plain process.
             if case .running = phase, ranks[rank].isAlive, !ranks[rank].speaksProtocol {
@@ -253,6 +259,10 @@ public struct Coordinator: Sendable {
         phase = .stopping(stop)
         let speaking = ranks.indices.filter { ranks[$0].isAlive && ranks[$0].speaksProtocol }
         let plain = ranks.indices.filter { ranks[$0].isAlive && !ranks[$0].speaksProtocol }
+        let ranLongEnough = launchedAt.map { now.seconds(since: $0) >= StopPolicy.plainStartupTime } ?? false
+        for rank in ranks.indices {
+            ranks[rank].startedBeforeStop = ranks[rank].speaksProtocol || ranks[rank].wroteOutput || ranLongEnough
+        }
         // The ring first: it reaches every rank at once, before anything else is written.
         if !speaking.isEmpty { actions.append(.ring(id: stop.round.id)) }
         actions.append(.report(.stopRequested(trigger, asking: speaking.count, terminating: plain.count, grace: policy.grace)))
@@ -487,10 +497,6 @@ public struct Coordinator: Sendable {
 
     // MARK: - Exits
 
-    private static func stoppedCleanly(_ status: ExitStatus) -> Bool {
-        // Ending on the SIGTERM a stop sent is how a plain process stops (systemd's view too).
-        status.isSuccess || status == .signaled(SignalNumber.terminate)
-    }
 
     private mutating func rankExited(
         rank: Int, status: ExitStatus, now: Instant, into actions: inout [CoordinatorAction]
@@ -521,7 +527,12 @@ public struct Coordinator: Sendable {
                 // Its peers are probably blocked in a collective with it: waiting for grace serves nothing.
                 terminateLiving(now: now, into: &actions)
             } else {
-                if !Self.stoppedCleanly(status) {
+                // Ending on the SIGTERM a stop sent is how a plain process stops (systemd's view too),
+                // once it was running: before that, it had nothing to save and saved nothing.
+                if status == .signaled(SignalNumber.terminate) && !ranks[rank].startedBeforeStop {
+                    ranks[rank].note = .stoppedBeforeStarting
+                    roundFailed(.stoppedBeforeStarting(rank: rank), now: now, into: &actions)
+                } else if !status.isSuccess && status != .signaled(SignalNumber.terminate) {
                     ranks[rank].note = .didNotStopCleanly
                     roundFailed(.didNotStopCleanly(rank: rank, status), now: now, into: &actions)
                 }

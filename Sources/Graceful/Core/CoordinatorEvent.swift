@@ -4,6 +4,8 @@ import GracefulProtocol
 public enum CoordinatorEvent: Equatable, Sendable {
     /// Every rank of an attempt was spawned (the first launch, or a restart).
     case launched
+    /// The rank wrote its first output (stdout or stderr) of the attempt: it has started running.
+    case output(rank: Int)
     /// The rank's client said hello: it speaks the protocol.
     case hello(rank: Int)
     /// The rank answered request `id` with its position.

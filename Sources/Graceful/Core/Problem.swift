@@ -17,6 +17,7 @@ public enum Problem: Equatable, Sendable {
     case endedBeforeStop([Ended])
     /// A rank that does not speak the protocol ended otherwise than with 0 or on SIGTERM.
     case didNotStopCleanly(rank: Int, ExitStatus)
+    case stoppedBeforeStarting(rank: Int)
     /// These living ranks had not confirmed when the grace expired.
     case notConfirmedInTime(ranks: [Int], grace: Double)
     case commitFailed(String)

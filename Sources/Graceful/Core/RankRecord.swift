@@ -35,6 +35,9 @@ public struct RankRecord: Equatable, Sendable {
         case endedBeforeStop
         /// A rank that does not speak the protocol ended otherwise than with 0 or on SIGTERM.
         case didNotStopCleanly
+        /// A rank that does not speak the protocol was ended by the stop's SIGTERM before it had
+        /// started running (`StopPolicy.plainStartupTime`).
+        case stoppedBeforeStarting
     }
 
     /// A rank's confirmation of its checkpoint.
@@ -43,6 +46,11 @@ public struct RankRecord: Equatable, Sendable {
         public var path: CheckpointPath?
     }
 
+    /// The rank wrote output (`CoordinatorEvent.output`).
+    public internal(set) var wroteOutput = false
+    /// When a stop was requested, the rank had started running: it wrote output, spoke the
+    /// protocol, or had run `StopPolicy.plainStartupTime` seconds.
+    public internal(set) var startedBeforeStop = false
     /// The rank said hello before the stop was requested.
     public internal(set) var speaksProtocol = false
     public internal(set) var position: Position = .notAnswered

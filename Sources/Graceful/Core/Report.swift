@@ -162,6 +162,9 @@ extension Problem: CustomStringConvertible {
             return "\(ranks) ended before the stop was requested, so no step can be saved by every rank"
         case .didNotStopCleanly(let rank, let status):
             return "rank \(rank) (no protocol) did not stop cleanly (\(status))"
+        case .stoppedBeforeStarting(let rank):
+            return "rank \(rank) (no protocol) was ended by the stop's SIGTERM before it had started running "
+                + "(no output, under \(format(StopPolicy.plainStartupTime))s): it saved nothing"
         case .notConfirmedInTime(let ranks, let grace):
             return "rank(s) \(list(ranks)) did not confirm within \(format(grace))s"
         case .commitFailed(let reason):
@@ -182,6 +185,7 @@ extension RankRecord.Note: CustomStringConvertible {
         case .endedBeforeConfirming: return "ended before confirming"
         case .endedBeforeStop: return "ended before the stop"
         case .didNotStopCleanly: return "did not stop cleanly"
+        case .stoppedBeforeStarting: return "stopped before it started"
         }
     }
 }

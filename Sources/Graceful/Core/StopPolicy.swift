@@ -30,6 +30,10 @@ public struct StopPolicy: Equatable, Sendable {
     /// The longest wait between two restarts, unless the first wait is longer already.
     public static let restartBackoffCap = 60.0
     public static let defaultSignalDebounce = 0.25
+    /// A rank that does not speak the protocol has started running once it wrote output or ran this
+    /// many seconds; one that a stop's SIGTERM ends before that never got past its start-up (an
+    /// `init()` that was still connecting), so the stop did not end it cleanly.
+    public static let plainStartupTime = 5.0
     /// Seconds between two lines, during a stop's grace, naming the ranks still waited for.
     public static let progressInterval = 5.0
 

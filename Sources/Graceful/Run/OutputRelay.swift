@@ -16,6 +16,7 @@ final class OutputRelay {
 
     private let log: Int32
     private let prefix: [UInt8]
+    private let showsOnConsole: Bool
     /// The start of each stream's current line, not yet ended by a newline.
     private var partial: [[UInt8]] = [[], []]
     private(set) var tail: [String] = []
@@ -23,8 +24,9 @@ final class OutputRelay {
     private(set) var logLostBytes = 0
 
     /// `label` prefixes the console lines: `rank3` gives `[rank3]: `.
-    init(label: String, log: Int32) {
+    init(label: String, log: Int32, showsOnConsole: Bool = true) {
         self.log = log
+        self.showsOnConsole = showsOnConsole
         prefix = Array("[\(label)]: ".utf8)
     }
 
@@ -88,7 +90,7 @@ final class OutputRelay {
         }
         guard lines > 0 else { return }
         if !logged.withUnsafeBytes({ writeAll(log, $0) }) { logLostBytes += logged.count }
-        shown.withUnsafeBytes { console.rankLines($0, lines: lines, toStandardError: stream == 1) }
+        if showsOnConsole { shown.withUnsafeBytes { console.rankLines($0, lines: lines, toStandardError: stream == 1) } }
         remember(lastLinesOf: logged)
     }
 

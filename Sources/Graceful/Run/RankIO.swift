@@ -18,11 +18,14 @@ final class RankIO {
     /// True while the rest of an overlong channel line is being skipped.
     private var discardingChannelLine = false
     private var reportedInvalid = false
+    /// Whether the rank wrote anything yet on stdout or stderr.
+    private var wroteOutput = false
 
-    /// `label` prefixes its console lines; `rankN` by default.
-    init(process: RankProcess, log: Int32, label: String? = nil) {
+    /// `label` prefixes its console lines; `rankN` by default. `showsOnConsole` false: the output
+    /// goes to the log (and the failure tail) only.
+    init(process: RankProcess, log: Int32, label: String? = nil, showsOnConsole: Bool = true) {
         self.process = process
-        relay = OutputRelay(label: label ?? "rank\(process.rank)", log: log)
+        relay = OutputRelay(label: label ?? "rank\(process.rank)", log: log, showsOnConsole: showsOnConsole)
     }
 
     /// The messages in one bounded read of the channel. At end of file the channel is closed.
@@ -71,15 +74,24 @@ final class RankIO {
     }
 
     /// One bounded read of output stream `stream` (0: stdout, 1: stderr), relayed; at end of file the
-    /// descriptor is closed and the last partial line relayed.
-    func readOutput(stream: Int, loop: EventLoop, console: Console) {
+    /// descriptor is closed and the last partial line relayed. True when this read brought the rank's
+    /// first output.
+    @discardableResult
+    func readOutput(stream: Int, loop: EventLoop, console: Console) -> Bool {
         let fd = process.outputFDs[stream]
-        guard fd >= 0 else { return }
-        if relay.relay(fd, stream: stream, console: console) == .endOfFile {
+        guard fd >= 0 else { return false }
+        switch relay.relay(fd, stream: stream, console: console) {
+        case .read:
+            defer { wroteOutput = true }
+            return !wroteOutput
+        case .empty:
+            return false
+        case .endOfFile:
             loop.unregister(fd)
             closeDescriptor(fd)
             process.outputFDs[stream] = -1
             relay.finish(stream: stream, console: console)
+            return false
         }
     }
 

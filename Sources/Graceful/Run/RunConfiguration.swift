@@ -15,6 +15,9 @@ public struct RunConfiguration: Equatable, Sendable {
     public var runID: String?
     /// Where each rank's log goes; `nil`: `<run dir>/rank_N.log`.
     public var rankLogPaths: [String]?
+    /// The ranks whose output the console shows (msrun's `--tail_worker_log`); nil: every rank. The
+    /// logs keep every rank's output either way.
+    public var consoleRanks: Set<Int>?
     /// Variables every process of the job gets besides its own (msrun's `MS_TOPO_TIMEOUT`).
     public var extraEnvironment: [String: String] = [:]
     /// A process started before the ranks that is not one (msrun's scheduler).

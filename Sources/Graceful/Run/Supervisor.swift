@@ -182,7 +182,9 @@ public final class Supervisor {
                     if kind == Token.channelKind {
                         handle(ranks[rank].readChannel(loop: loop), from: rank)
                     } else {
-                        ranks[rank].readOutput(stream: kind - 1, loop: loop, console: console)
+                        if ranks[rank].readOutput(stream: kind - 1, loop: loop, console: console) {
+                            apply(coordinator.handle(.output(rank: rank), now: clock()))
+                        }
                         reportLostLog(of: rank)
                     }
                 }
@@ -281,7 +283,7 @@ public final class Supervisor {
                     environment: environment.variables(rank: rank, inherited: inherited),
                     doorbellFD: doorbell?.fd, openFilesLimit: preflight.rankOpenFilesLimit)
                 processGuard.watch(rank: process)
-                let io = RankIO(process: process, log: logFDs[rank])
+                let io = RankIO(process: process, log: logFDs[rank], showsOnConsole: configuration.consoleRanks?.contains(rank) ?? true)
                 ranks.append(io)
                 rankByPID[process.pid] = rank
                 try loop.register(process.channelFD, token: Token.channel(rank))

@@ -39,6 +39,19 @@ import Testing
         #expect(paths[3].hasPrefix("msrun_log/w_") && paths[3].hasSuffix("_3.log") && !paths[3].contains("{"))
     }
 
+    /// msrun's `{ip}`: the address this machine reaches the scheduler from.
+    @Test func theWorkerLogNameTakesTheLocalAddress() throws {
+        let configuration = try run(["--worker_num=1", "--local_worker_num=1", "--worker_log_name=w_{ip}", "train.py"])
+        #expect(configuration.rankLogPaths == ["w_127.0.0.1_0.log"])
+    }
+
+    /// Only the listed workers reach the console, as msrun tails only their logs; -1 is all of them.
+    @Test(arguments: [(["--tail_worker_log=-1"], nil), (["--tail_worker_log", "0,2"], [0, 2] as Set<Int>?), ([], nil)])
+    func tailWorkerLogChoosesTheConsolesWorkers(_ option: [String], _ shown: Set<Int>?) throws {
+        let configuration = try run(["--worker_num=3", "--local_worker_num=3"] + option + ["train.py"])
+        #expect(configuration.consoleRanks == shown)
+    }
+
     @Test func defaultsAreMsrunsExceptTheFreePort() throws {
         let configuration = try run(["train.py"])
         #expect(configuration.ranks == 8)
@@ -64,7 +77,7 @@ import Testing
 
     @Test(arguments: [
         ["--join=True"], ["--join", "False"], ["--join=1"], ["--node_rank=0"], ["--node_rank", "-1"], ["--node_rank=3"],
-        ["--tail_worker_log=-1"], ["--tail_worker_log", "0,1"], ["--bind_core=False"], ["--bind_numa", "false"],
+        ["--bind_core=False"], ["--bind_numa", "false"],
         ["--rank_table_file="], ["--cluster_time_out=-1"],
     ])
     func harmlessOptionsAreAccepted(_ option: [String]) throws {
@@ -91,7 +104,7 @@ import Testing
         (["--sim_level=1", "train.py"], "simulation (dry run) is not supported"),
         (["--sim_rank_id", "0", "train.py"], "simulation (dry run) is not supported"),
         (["--rank_table_file=rt.json", "train.py"], "rank table files are for Ascend"),
-        (["--worker_log_name={ip}", "train.py"], "{ip} is not supported yet"),
+        (["--master_addr=no-such-host.invalid", "--worker_log_name=w_{ip}", "train.py"], "{ip} needs this machine's address toward --master_addr 'no-such-host.invalid'"),
         (["--worker_num=two", "train.py"], "is not an integer"),
         (["--master_port=70000", "train.py"], "out of range"),
         (["--join=yes", "train.py"], "is not True or False"),

@@ -45,6 +45,8 @@ struct Walk {
     var alive: [Bool]
     var exits: [Graceful.ExitStatus?]
     var saidHello: [Bool]
+    var wroteOutput: [Bool]
+    var launchedAt = Instant.seconds(1000)
     /// How a signalled rank is about to end; delivered at a random later step.
     var pendingDeath: [Graceful.ExitStatus?]
     var pendingCommits: [(step: Int, kind: RoundKind)] = []
@@ -68,6 +70,8 @@ struct Walk {
     var triggerReceived = false
     var attemptFailed = false
     var helloBeforeStop: [Bool]?
+    /// Per rank, whether it had started running when the stop was requested.
+    var startedBeforeStop: [Bool]?
     var lastStopSignalAt: Instant?
     var forcedBy: Int32?
     /// The stop was started by the control file and no stop signal has counted since: the first one
@@ -91,6 +95,7 @@ struct Walk {
         alive = Array(repeating: true, count: rankCount)
         exits = Array(repeating: nil, count: rankCount)
         saidHello = Array(repeating: false, count: rankCount)
+        wroteOutput = Array(repeating: false, count: rankCount)
         pendingDeath = Array(repeating: nil, count: rankCount)
         trace.append("\(rankCount) rank(s), \(policy)")
     }
@@ -125,7 +130,7 @@ struct Walk {
         let choice = Int.random(in: 0..<100, using: &random)
         switch choice {
         case 0..<20:
-            now = now + random.pick([0, 0.05, 0.2, 0.3, 1, policy.grace])
+            now = now + random.pick([0, 0.05, 0.2, 0.3, 1, policy.grace, StopPolicy.plainStartupTime])
             try send(.tick)
         case 20..<25:
             if let deadline = machine.nextDeadline, deadline > now { now = deadline }
@@ -151,7 +156,9 @@ struct Walk {
             if pendingCommits.allSatisfy({ $0.kind == .stop }) { try send(.trigger(randomTrigger())) }
         case 73..<77:
             try send(.requestCheckpoint("SIGUSR2"))
-        case 77..<90:
+        case 77..<80:
+            if let rank = living.filter({ !wroteOutput[$0] }).randomElement(using: &random) { try send(.output(rank: rank)) }
+        case 80..<90:
             if let rank = (0..<rankCount).filter({ pendingDeath[$0] != nil }).randomElement(using: &random) {
                 try send(.exited(rank: rank, pendingDeath[rank]!))
             }
@@ -223,6 +230,12 @@ struct Walk {
         trace.append("\(now) \(event)")
         let startsStop: Bool
         switch event {
+        case .launched:
+            launchedAt = now
+            startsStop = false
+        case .output(let rank):
+            wroteOutput[rank] = true
+            startsStop = false
         case .hello(let rank):
             saidHello[rank] = true
             startsStop = false
@@ -251,6 +264,8 @@ struct Walk {
             if startsStop {
                 awaitingFirstSignal = trigger == .controlFile
                 helloBeforeStop = saidHello
+                let ranLongEnough = now.seconds(since: launchedAt) >= StopPolicy.plainStartupTime
+                startedBeforeStop = (0..<rankCount).map { saidHello[$0] || wroteOutput[$0] || ranLongEnough }
                 round = Round(id: nil, kind: .stop, startedAt: now, helloBefore: saidHello, step: nil,
                               confirmations: Array(repeating: [], count: rankCount))
             }
@@ -348,6 +363,7 @@ struct Walk {
             alive = Array(repeating: true, count: rankCount)
             exits = Array(repeating: nil, count: rankCount)
             saidHello = Array(repeating: false, count: rankCount)
+            wroteOutput = Array(repeating: false, count: rankCount)
             pendingDeath = Array(repeating: nil, count: rankCount)
             attemptFailed = false
             gangGoneGiven = false
@@ -368,7 +384,10 @@ struct Walk {
         if stopCommitted { return 0 }
         if let forcedBy { return 128 + forcedBy }
         let plainGang = !(helloBeforeStop ?? []).contains(true)
-        let clean = exits.allSatisfy { $0 == .exited(0) || $0 == .signaled(SignalNumber.terminate) }
+        let clean = exits.indices.allSatisfy { rank in
+            exits[rank] == .exited(0)
+                || exits[rank] == .signaled(SignalNumber.terminate) && startedBeforeStop?[rank] == true
+        }
         return plainGang && clean ? 0 : ExitCode.notCommitted
     }
 

@@ -201,6 +201,7 @@ import Testing
 
     @Test func plainRanksGetSigtermAndStopCleanlyWithoutACommit() {
         var machine = coordinator(ranks: 2, speaking: [])
+        _ = machine.handle(.output(rank: 1), now: t0)
         let request = machine.handle(.trigger(.signal(SignalNumber.terminate)), now: t0)
         #expect(signals(request) == [0: SignalNumber.terminate, 1: SignalNumber.terminate])
         #expect(sends(request).isEmpty)
@@ -209,6 +210,25 @@ import Testing
         let end = machine.handle(.exited(rank: 1, .signaled(SignalNumber.terminate)), now: t0 + 1)
         #expect(commits(end).isEmpty)
         #expect(finish(end) == 0)
+    }
+
+    /// A plain rank ended by the stop's SIGTERM before it wrote anything or ran
+    /// `StopPolicy.plainStartupTime` never got past its start-up: the stop was not clean.
+    @Test func aPlainRankStoppedBeforeItStartedFailsTheStop() {
+        var early = Coordinator(rankCount: 2, policy: policy)
+        _ = early.handle(.launched, now: t0)
+        _ = early.handle(.output(rank: 0), now: t0 + 1)
+        _ = early.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0 + 2)
+        _ = early.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0 + 2.1)
+        let end = early.handle(.exited(rank: 1, .signaled(SignalNumber.terminate)), now: t0 + 2.1)
+        #expect(finish(end) == ExitCode.notCommitted)
+        #expect(early.ranks.map(\.note) == [nil, .stoppedBeforeStarting])
+        #expect(end.contains(.report(.stopProblem(.stoppedBeforeStarting(rank: 1)))))
+
+        var late = Coordinator(rankCount: 1, policy: policy)
+        _ = late.handle(.launched, now: t0)
+        _ = late.handle(.trigger(.signal(SignalNumber.interrupt)), now: t0 + StopPolicy.plainStartupTime)
+        #expect(finish(late.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0 + 6)) == 0)
     }
 
     @Test func plainRankIsKilledWhenTheGraceEnds() {

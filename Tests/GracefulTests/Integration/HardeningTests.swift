@@ -208,7 +208,7 @@ import Testing
     @Test func aFloodingRankCannotFreezeTheCoordinatorNorGrowItsMemory() throws {
         let directory = try TemporaryDirectory()
         defer { Self.killLeftovers(directory.path) }
-        let run = try Self.launchFlooding(#"if [ "$RANK" = 0 ]; then exec yes; fi; exec sleep 300"#, in: directory)
+        let run = try Self.launchFlooding(#"if [ "$RANK" = 0 ]; then exec yes; fi; echo ready; exec sleep 300"#, in: directory)
         let log = directory.file("graceful_run/sh/rank_0.log")
         // The flood shows in rank 0's log, or in the coordinator's memory when it piles lines up; one
         // that passes the hard limit is killed at once so the machine is spared.

@@ -100,4 +100,28 @@ import Testing
     func ctrlCStopsBothWorkersAtOneCommittedStepAndTheyResume() throws {
         try stopThenResume { job, _ in job.signal(SIGINT) }
     }
+
+    /// msrun itself as the one rank: its worker, in a session of its own, gets SIGTERM at the stop and
+    /// the grace to save (the client's standalone mode here), not a SIGKILL when msrun dies of the
+    /// SIGTERM; nothing speaks to graceful, so nothing is committed (README, "Wrapping msrun instead").
+    @Test(.enabled(if: hasMindSpore, "\(venv)/bin/python cannot import mindspore (.ci/run installs it: pip install mindspore \"numpy<2\")"))
+    func wrappingMsrunGivesItsWorkerTheGraceToSave() throws {
+        let directory = try TemporaryDirectory()
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        let job = try Launched(
+            [Launched.graceful, "run", "-n", "1", "--grace", "60", "--", "msrun", "--worker_num=1", "--local_worker_num=1",
+             "--master_port=\(try Self.freePort())", "--log_dir=mslogs", "--join=True", Self.train,
+             "--epochs", "3", "--steps-per-epoch", "20", "--step-time", "0.02", "--log-every", "5"],
+            in: directory.path, environment: ["PATH": Self.venv + "/bin:" + path, "OMP_NUM_THREADS": "1"])
+        try job.waitFor("[rank0]: step 10:", timeout: 120)
+        job.signal(SIGTERM)
+        #expect(try job.waitForExit(timeout: 90) == 0, "\(job.output)")
+        let worker = directory.read("mslogs/worker_0.log") ?? ""
+        let saved = try #require(worker.firstMatch(of: /stopping after step (\d+), saved (\S+)/), "the worker saved nothing:\n\(worker)")
+        #expect(FileManager.default.fileExists(atPath: directory.file(String(saved.2))), "\(saved.2) is missing")
+        #expect(Int(saved.1).map { $0 >= 10 && $0 < 60 } == true, "\(worker)")
+        #expect(directory.read("graceful_run/msrun/last_checkpoint.json") == nil, "a commit without a confirmation")
+        #expect(job.stderr.contains("process(es) the ranks left behind got SIGTERM"), "\(job.stderr)")
+        #expect(waitUntilNoProcess(workingIn: directory.path, timeout: 10).isEmpty, "processes left behind")
+    }
 }

@@ -54,6 +54,17 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: directory.file("logs/rank_0.log")))
     }
 
+    /// `--tail_worker_log=1`: only worker 1 reaches the console; worker 0's log still has everything.
+    @Test func tailWorkerLogShowsOnlyTheListedWorkers() throws {
+        let directory = try TemporaryDirectory()
+        let job = try msrun(["--tail_worker_log=1", "--worker_log_name=w_{ip}"], in: directory, environment: ["FAKE_STEPS": "5"])
+        #expect(try job.waitForExit() == 0, "\(job.output)")
+        #expect(job.output.contains("[rank1]: ENV "), "\(job.output)")
+        #expect(!job.output.contains("[rank0]:"), "\(job.output)")
+        #expect(job.output.contains("[scheduler]: "), "\(job.output)")
+        #expect(directory.read("w_127.0.0.1_0.log")?.contains("ENV ") == true)
+    }
+
     @Test func aSchedulerThatFailsFailsTheJobNamingItsLog() throws {
         let directory = try TemporaryDirectory()
         let job = try msrun(["--worker_log_name=node"], in: directory, environment: ["FAKE_SCHEDULER": "fail", "FAKE_STEPS": "20"])

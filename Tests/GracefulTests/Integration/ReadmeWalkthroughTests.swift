@@ -101,6 +101,8 @@ import Testing
 
         let second = try Self.launch(Self.torchDDP, in: directory, python: python)
         try second.waitFor("resuming from committed step \(stopped)", timeout: 180)
+        // The rank's own line: a stop before the ranks started running is not a clean stop.
+        try second.waitFor("(step \(stopped))", timeout: 180)
         second.signal(SIGINT)
         #expect(try second.waitForExit(timeout: 120) == 0, "\(second.output)")
     }
