@@ -134,6 +134,7 @@ public enum CommandLineInterface {
     enum Option {
         case ranks, runDirectory, controlFile, grace, killAfter, masterAddress, masterPort, runID
         case maxRestarts, restartBackoff, checkpointEvery
+        case nodeCount, nodeRank, rendezvousEndpoint, rendezvousTimeout, heartbeatTimeout, tokenFile
     }
 
     private static let spellings: [String: Option] = [
@@ -149,6 +150,10 @@ public enum CommandLineInterface {
         "--max-restarts": .maxRestarts, "--max_restarts": .maxRestarts,
         "--restart-backoff": .restartBackoff,
         "--checkpoint-every": .checkpointEvery,
+        "--nnodes": .nodeCount, "--node-rank": .nodeRank, "--node_rank": .nodeRank,
+        "--rdzv-endpoint": .rendezvousEndpoint, "--rdzv_endpoint": .rendezvousEndpoint,
+        "--rdzv-timeout": .rendezvousTimeout, "--rdzv_timeout": .rendezvousTimeout,
+        "--heartbeat-timeout": .heartbeatTimeout, "--token-file": .tokenFile,
     ]
 
     private static func parseRun(_ arguments: [String], host: Host) throws(UsageError) -> Invocation {
@@ -202,6 +207,7 @@ public enum CommandLineInterface {
         if runsScriptsUnderPython, program.hasSuffix(".py") {
             configuration.command = [host.python, "-u"] + configuration.command
         }
+        try settleNodes(&configuration, host: host)
         return .run(configuration)
     }
 
@@ -247,6 +253,60 @@ public enum CommandLineInterface {
                 throw UsageError(message: "'\(name)' takes a non-empty id without spaces, not '\(value)' (\(hint))")
             }
             configuration.runID = value
+        case .nodeCount:
+            configuration.nodes.nodeCount = try wholeNumber(value, name: name, of: "a number of nodes", in: 1...65536, hint: hint)
+        case .nodeRank:
+            configuration.nodes.nodeRank = try wholeNumber(value, name: name, of: "a node rank", in: 0...65535, hint: hint)
+        case .rendezvousEndpoint:
+            let (host, port) = try endpoint(value, name: name, hint: hint)
+            configuration.nodes.rendezvousHost = host
+            configuration.nodes.rendezvousPort = port
+        case .rendezvousTimeout:
+            configuration.nodes.rendezvousTimeout = try seconds(value, name: name, hint: hint)
+        case .heartbeatTimeout:
+            let timeout = try seconds(value, name: name, hint: hint)
+            guard timeout > 0 else { throw UsageError(message: "\(name): \"\(value)\" is not above 0 seconds (\(hint))") }
+            configuration.nodes.heartbeatTimeout = timeout
+        case .tokenFile:
+            guard !value.isEmpty else { throw UsageError(message: "'\(name)' takes a file path (\(hint))") }
+            configuration.nodes.token = .file(value)
+        }
+    }
+
+    /// `HOST:PORT`, `[IPv6]:PORT`, or `HOST` alone (the port then follows from the master port).
+    static func endpoint(_ value: String, name: String, hint: String) throws(UsageError) -> (String, Int?) {
+        var host = value
+        var port: Int?
+        if let colon = value.lastIndex(of: ":"), !value.hasSuffix("]"), value.filter({ $0 == ":" }).count == 1 || value.hasPrefix("[") {
+            host = String(value[..<colon])
+            port = try wholeNumber(String(value[value.index(after: colon)...]), name: name, of: "a TCP port", in: 1...65535, hint: hint)
+        }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains(where: \.isWhitespace) else {
+            throw UsageError(message: "'\(name)' takes HOST:PORT, not '\(value)' (\(hint))")
+        }
+        return (host, port)
+    }
+
+    /// A multi-node job needs its nodes' options to agree with each other and a secret; one node is
+    /// a plain run.
+    static func settleNodes(_ configuration: inout RunConfiguration, host: Host, hint: String = runUsageHint) throws(UsageError) {
+        guard let nodes = configuration.cluster else { return }
+        if nodes.nodeCount == 1 {
+            guard nodes.nodeRank == 0 else {
+                throw UsageError(message: "--node-rank \(nodes.nodeRank) needs --nnodes above it (\(hint))")
+            }
+            configuration.cluster = nil
+            return
+        }
+        guard nodes.nodeRank < nodes.nodeCount else {
+            throw UsageError(message: "--node-rank \(nodes.nodeRank) is not below --nnodes \(nodes.nodeCount) (\(hint))")
+        }
+        if case .environment = nodes.token, host.environment["GRACEFUL_JOB_TOKEN"] == nil {
+            throw UsageError(message: "--nnodes \(nodes.nodeCount) needs the job's secret on every node: export GRACEFUL_JOB_TOKEN=$(head -c 32 /dev/urandom | base64) (the same value everywhere), or pass --token-file PATH (\(hint))")
+        }
+        if configuration.policy.maxRestarts > 0 {
+            throw UsageError(message: "--max-restarts across several nodes is not supported yet: a failed node ends the job (\(hint))")
         }
     }
 

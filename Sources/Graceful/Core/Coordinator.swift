@@ -33,6 +33,11 @@ import GracefulProtocol
 ///   `StopPolicy.plainStartupTime` or more after the launch); else 2.
 public struct Coordinator: Sendable {
     public let policy: StopPolicy
+    /// A node of a multi-node job: the leader chooses each round's step and commits; this node
+    /// reports its ranks' part (`CoordinatorAction.tellLeader`, `.commit`).
+    public let isClusterMember: Bool
+    /// What failed on another node, when that is why this node's ranks were torn down.
+    public private(set) var failedElsewhere: String?
     public private(set) var ranks: [RankRecord]
     public private(set) var phase: Phase = .running(checkpoint: nil)
     /// Restarts done so far (the current attempt's number).
@@ -70,9 +75,10 @@ public struct Coordinator: Sendable {
     /// one warning each, so a rank flooding its channel with them cannot flood graceful's own output.
     private var warnedConfirmation: Set<Int> = []
 
-    public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil) {
+    public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil, clusterMember: Bool = false) {
         precondition(rankCount > 0, "a run has at least one rank")
         self.policy = policy
+        self.isClusterMember = clusterMember
         self.ranks = Array(repeating: RankRecord(), count: rankCount)
         self.livingCount = rankCount
         self.lastCommittedStep = resumedStep
@@ -86,6 +92,9 @@ public struct Coordinator: Sendable {
         if case .quit = stopTrigger { return nil }
         return stopRequestedAt + policy.grace
     }
+
+    /// The id of the round in flight (a stop's, or a checkpoint's), if any.
+    public var currentRoundID: Int? { currentRound?.id }
 
     /// The earliest moment at which `.tick` may change something, or `nil` when only events can.
     public var nextDeadline: Instant? {
@@ -164,6 +173,18 @@ public struct Coordinator: Sendable {
             commitFailed(reason, now: now, into: &actions)
         case .tick:
             break
+        case .stepChosen(let id, let step):
+            if var round = currentRound, round.id == id, round.target == .awaitingLeader {
+                round.target = .aligning(deadline: now)
+                currentRound = round
+                settle(step: step, now: now, into: &actions)
+            }
+        case .roundFailedElsewhere(let id, let reason):
+            if let round = currentRound, round.id == id { failedElsewhere(round, reason, now: now, into: &actions) }
+        case .nodeFailed(let reason):
+            nodeFailed(reason, now: now, into: &actions)
+        case .escalate(let trigger):
+            receiveTrigger(trigger, forced: true, now: now, into: &actions)
         }
         checkDeadlines(now: now, into: &actions)
         finishIfDone(now: now, into: &actions)
@@ -180,9 +201,12 @@ public struct Coordinator: Sendable {
         return now.seconds(since: last) >= policy.signalDebounce
     }
 
-    private mutating func receiveTrigger(_ trigger: Trigger, now: Instant, into actions: inout [CoordinatorAction]) {
+    /// `forced`: an escalation the leader of a multi-node job counted; it always counts.
+    private mutating func receiveTrigger(
+        _ trigger: Trigger, forced: Bool = false, now: Instant, into actions: inout [CoordinatorAction]
+    ) {
         if stopTrigger == nil { (stopTrigger, stopRequestedAt) = (trigger, now) }
-        let counts = trigger.signalNumber != nil && signalCounts(now: now)
+        let counts = trigger.signalNumber != nil && (signalCounts(now: now) || forced)
         switch phase {
         case .running(let round):
             var superseded: Int?
@@ -191,7 +215,7 @@ public struct Coordinator: Sendable {
         case .stopping(var stop):
             // The control file does not escalate: it cannot be told apart from the request itself.
             guard counts, let signal = trigger.signalNumber else { return }
-            if stop.awaitingFirstSignal {
+            if stop.awaitingFirstSignal && !forced {
                 stop.awaitingFirstSignal = false
                 phase = .stopping(stop)
                 // A scheduler's SIGTERM after the control file (or an operator's Ctrl+C after a
@@ -269,6 +293,9 @@ public struct Coordinator: Sendable {
         if !speaking.isEmpty && !plain.isEmpty {
             // A record must never name a step some rank did not save: a mixed gang cannot commit.
             actions.append(.report(.mixedGang(neverSaidHello: plain)))
+        }
+        if isClusterMember && !plain.isEmpty {
+            actions.append(.tellLeader(.roundFailed(round: stop.round.id, .neverSaidHello(ranks: plain))))
         }
         if ranks.contains(where: \.speaksProtocol) {
             let ended = ranks.indices.compactMap { rank in
@@ -360,12 +387,25 @@ public struct Coordinator: Sendable {
         ranks.compactMap { if case .step(let step) = $0.position { step } else { nil } }
     }
 
-    /// T = 1 + the largest position answered; `nil` when no rank has passed a boundary.
+    /// T = 1 + the largest position answered; `nil` when no rank has passed a boundary. A member of a
+    /// multi-node job tells the leader instead, which answers with the step for the whole job.
     private mutating func decide(now: Instant, into actions: inout [CoordinatorAction]) {
         guard var round = currentRound, case .aligning = round.target else { return }
-        let answered = answeredSteps
         // Positions that would overflow were set aside when they arrived.
-        let step = answered.max().map { $0 + 1 }
+        let furthest = answeredSteps.max()
+        if isClusterMember {
+            round.target = .awaitingLeader
+            currentRound = round
+            actions.append(.tellLeader(.position(round: round.id, furthest: furthest)))
+            return
+        }
+        settle(step: furthest.map { $0 + 1 }, now: now, into: &actions)
+    }
+
+    /// Sends the round's step to every rank that speaks the protocol.
+    private mutating func settle(step: Int?, now: Instant, into actions: inout [CoordinatorAction]) {
+        guard var round = currentRound else { return }
+        let answered = answeredSteps
         round.target = .decided(step)
         currentRound = round
         for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
@@ -465,19 +505,64 @@ public struct Coordinator: Sendable {
     /// is abandoned.
     private mutating func roundFailed(_ problem: Problem, now: Instant, into actions: inout [CoordinatorAction]) {
         guard let round = currentRound else { return }
+        // The leader hears of the first problem only: one is enough to fail the round everywhere.
+        if isClusterMember && round.problems.isEmpty { actions.append(.tellLeader(.roundFailed(round: round.id, problem))) }
         switch round.kind {
         case .stop:
             addProblem(problem)
             actions.append(.report(.stopProblem(problem)))
         case .checkpoint:
-            abandonCheckpoint(problem, now: now, into: &actions)
+            abandonCheckpoint(problem, tellingLeader: false, now: now, into: &actions)
         }
     }
 
-    private mutating func abandonCheckpoint(_ problem: Problem, now: Instant, into actions: inout [CoordinatorAction]) {
+    /// The leader says round `round` failed elsewhere in the job: a stop records it (no commit can
+    /// come), a checkpoint round is abandoned, and a commit this node waits for has failed.
+    private mutating func failedElsewhere(_ round: Round, _ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
+        let problem = Problem.failedElsewhere(reason)
+        if case .pending(let step) = round.commit {
+            var failed = round
+            failed.commit = .failed(step: step)
+            currentRound = failed
+        }
+        switch round.kind {
+        case .stop:
+            // Ranks that do not speak the protocol commit nothing anyway: their clean end stays clean.
+            guard ranks.contains(where: \.speaksProtocol), round.committedStep == nil else { return }
+            addProblem(problem)
+            actions.append(.report(.stopProblem(problem)))
+        case .checkpoint:
+            abandonCheckpoint(problem, tellingLeader: false, now: now, into: &actions)
+        }
+    }
+
+    /// Another node failed: this node's ranks are torn down and the run fails, without a restart
+    /// (the leader decides those for the whole job).
+    private mutating func nodeFailed(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
+        switch phase {
+        case .running(let round):
+            if let round { failedElsewhere(round, reason, now: now, into: &actions) }
+            failedElsewhere = reason
+            phase = .failing(nil, stopRequested: true)
+            actions.append(.report(.nodeFailed(reason, stopping: livingCount)))
+            terminateLiving(now: now, into: &actions)
+        case .stopping(let stop):
+            failedElsewhere = reason
+            failedElsewhere(stop.round, reason, now: now, into: &actions)
+            actions.append(.report(.nodeFailed(reason, stopping: livingCount)))
+            terminateLiving(now: now, into: &actions)
+        case .failing, .restarting, .finished:
+            break
+        }
+    }
+
+    private mutating func abandonCheckpoint(
+        _ problem: Problem, tellingLeader: Bool = true, now: Instant, into actions: inout [CoordinatorAction]
+    ) {
         guard case .running(.some(let round)) = phase else { return }
         actions.append(.report(.checkpointAbandoned(problem)))
-        if case .aligning = round.target {
+        if isClusterMember && tellingLeader { actions.append(.tellLeader(.roundFailed(round: round.id, problem))) }
+        if round.target == .awaitingLeader || round.isAligning {
             // Ranks that answered wait for the step at their next boundary: they must get one.
             let step = answeredSteps.max().map { $0 + 1 }
             for rank in ranks.indices where ranks[rank].isAlive && ranks[rank].speaksProtocol {
@@ -510,8 +595,9 @@ public struct Coordinator: Sendable {
                 let failure = Failure(rank: rank, status: status)
                 firstFailure = failure
                 attemptFailure = failure
-                phase = .failing(failure, stopRequested: false)
+                phase = .failing(failure, stopRequested: isClusterMember)
                 actions.append(.report(.rankFailed(rank: rank, status, stopping: livingCount)))
+                if isClusterMember { actions.append(.tellLeader(.rankFailed(rank: rank, status))) }
                 terminateLiving(now: now, into: &actions)
                 return
             }
@@ -642,7 +728,7 @@ public struct Coordinator: Sendable {
         case .running:
             code = 0
         case .failing(let failure, let stopRequested):
-            if !stopRequested && restarts < policy.maxRestarts {
+            if let failure, !stopRequested && restarts < policy.maxRestarts {
                 phase = .restarting(resumeAt: nil)
                 actions.append(.report(.clearingBeforeRestart(failure, restart: restarts + 1, maxRestarts: policy.maxRestarts)))
                 actions.append(.awaitGangExit)

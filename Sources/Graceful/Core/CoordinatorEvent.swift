@@ -27,6 +27,17 @@ public enum CoordinatorEvent: Equatable, Sendable {
     case commitFailed(String)
     /// Time passed; deadlines are checked against `now`.
     case tick
+    /// A member of a multi-node job: the leader chose `step` for round `round` (this node's id).
+    case stepChosen(round: Int, step: Int?)
+    /// A member of a multi-node job: round `round` cannot complete elsewhere in the job; a commit
+    /// this node waits for will not come.
+    case roundFailedElsewhere(round: Int, String)
+    /// A member of a multi-node job: another node failed or was lost, or the leader is gone. This
+    /// node's ranks are probably blocked in a collective with it: they are torn down.
+    case nodeFailed(String)
+    /// A member of a multi-node job: a stop signal repeated on some node escalates the stop here as
+    /// a counted signal would (no debounce: the leader counted it).
+    case escalate(Trigger)
 }
 
 /// Something the process layer must do, returned by `Coordinator.handle(_:now:)`, in order.
@@ -50,4 +61,19 @@ public enum CoordinatorAction: Equatable, Sendable {
     case report(Report)
     /// Every rank has ended: exit with this code.
     case finish(exitCode: Int32)
+    /// A member of a multi-node job: tell the leader. In that mode `.commit` means "this node's
+    /// ranks confirmed": the leader commits, and its answer comes back as `.commitWritten` or
+    /// `.roundFailedElsewhere`.
+    case tellLeader(NodeReport)
+}
+
+/// What a member of a multi-node job tells the leader about its own ranks.
+public enum NodeReport: Equatable, Sendable {
+    /// Every local rank answered round `round` (or the alignment deadline passed): the furthest
+    /// position among them; nil when none passed a boundary.
+    case position(round: Int, furthest: Int?)
+    /// Round `round` cannot complete on this node.
+    case roundFailed(round: Int, Problem)
+    /// A rank failed while no stop was pending: the whole job must come down.
+    case rankFailed(rank: Int, ExitStatus)
 }

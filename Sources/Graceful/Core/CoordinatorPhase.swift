@@ -9,6 +9,9 @@ extension Coordinator {
         public enum Target: Equatable, Sendable {
             /// Collecting positions until every rank answered or `deadline`.
             case aligning(deadline: Instant)
+            /// A member of a multi-node job told the leader its furthest position; the leader chooses
+            /// the step for every node (`CoordinatorEvent.stepChosen`).
+            case awaitingLeader
             /// The round's step; `nil` means "each rank's next boundary".
             case decided(Int?)
         }
@@ -30,6 +33,11 @@ extension Coordinator {
         public internal(set) var commit: Commit = .notRequested
         /// Why nothing can be committed, first reason first.
         public internal(set) var problems: [Problem] = []
+
+        var isAligning: Bool {
+            if case .aligning = target { return true }
+            return false
+        }
 
         var decidedStep: Int?? {
             if case .decided(let step) = target { return .some(step) }
@@ -77,8 +85,9 @@ extension Coordinator {
         /// Training; `checkpoint` is the checkpoint round in flight, if any.
         case running(checkpoint: Round?)
         case stopping(Stop)
-        /// Tearing the gang down after a failure; `stopRequested` forbids the restart.
-        case failing(Failure, stopRequested: Bool)
+        /// Tearing the gang down after a failure; `stopRequested` forbids the restart. The failure is
+        /// nil when it happened on another node of a multi-node job (`failedElsewhere` says what).
+        case failing(Failure?, stopRequested: Bool)
         /// The failed gang is being cleared (`resumeAt` nil) or the backoff runs until `resumeAt`.
         case restarting(resumeAt: Instant?)
         case finished(exitCode: Int32)

@@ -21,4 +21,8 @@ public enum Problem: Equatable, Sendable {
     /// These living ranks had not confirmed when the grace expired.
     case notConfirmedInTime(ranks: [Int], grace: Double)
     case commitFailed(String)
+    /// These living ranks never said hello: they save nothing the record could name.
+    case neverSaidHello(ranks: [Int])
+    /// Another node of a multi-node job could not complete the round (the leader's words).
+    case failedElsewhere(String)
 }

@@ -47,6 +47,8 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
     case lateConfirmation(rank: Int, step: Int, grace: Double)
     case committed(step: Int)
     case rankFailed(rank: Int, ExitStatus, stopping: Int)
+    /// Another node of a multi-node job failed: this node's living ranks are torn down.
+    case nodeFailed(String, stopping: Int)
     /// A stop trigger while a failed gang is torn down: the run ends once it is gone.
     case restartForbidden(Trigger)
     /// A counted signal while a failed gang is torn down after a stop was requested.
@@ -119,6 +121,9 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
             return "warning: rank \(rank) confirmed step \(step) after the grace of \(format(grace))s expired; ignored"
         case .committed(let step):
             return "committed step \(step)"
+        case .nodeFailed(let reason, let stopping):
+            if stopping == 0 { return "error: \(reason)" }
+            return "error: \(reason); stopping this node's \(stopping) rank(s) with SIGTERM"
         case .rankFailed(let rank, let status, let stopping):
             if stopping == 0 { return "rank \(rank) failed (\(status))" }
             return "rank \(rank) failed (\(status)); stopping the other \(stopping) rank(s) with SIGTERM"
@@ -169,6 +174,10 @@ extension Problem: CustomStringConvertible {
             return "rank(s) \(list(ranks)) did not confirm within \(format(grace))s"
         case .commitFailed(let reason):
             return "the commit failed (\(reason)); the previous record is untouched"
+        case .neverSaidHello(let ranks):
+            return "rank(s) \(list(ranks)) never said hello, so they save nothing the record could name"
+        case .failedElsewhere(let reason):
+            return reason
         }
     }
 }

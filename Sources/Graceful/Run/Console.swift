@@ -6,9 +6,11 @@ import Glibc
 /// keep them), never the coordinator's attention.
 final class Console {
     private let streams = [ConsoleStream(fd: STDOUT_FILENO), ConsoleStream(fd: STDERR_FILENO)]
+    /// Starts each of the coordinator's own lines; `graceful[node K]: ` on a node of a multi-node job.
+    var prefix = "graceful: "
 
     func report(_ line: String) {
-        own("graceful: \(line)\n")
+        own("\(prefix)\(line)\n")
     }
 
     func error(_ line: String) {

@@ -14,8 +14,11 @@ struct Preflight {
     let completedRecord: CommitRecord?
     /// The soft limit of open files the coordinator was started with, for the ranks; -1: unlimited.
     let rankOpenFilesLimit: Int
+    /// The job's secret, for a multi-node job.
+    let clusterSecret: [UInt8]?
 
     static func check(_ configuration: RunConfiguration, warn: (String) -> Void) throws(RunFailure) -> Preflight {
+        let clusterSecret = try configuration.cluster.map { options throws(RunFailure) in try secret(options.token) }
         let watcher = ControlFileWatcher(path: configuration.controlFile)
         if watcher.evaluate(warn: warn) {
             throw .controlFileRequestsExit(path: configuration.controlFile)
@@ -66,11 +69,14 @@ struct Preflight {
                 if rename(recordPath, aside) != 0 { throw RunFailure.runDirectory(SystemError("rename \(recordPath) to \(aside)")) }
                 (resume, completedRecord) = (nil, record)
             }
-            if let resume, resume.worldSize != configuration.ranks {
-                throw RunFailure.recordWorldSize(path: recordPath, committed: resume.worldSize, asked: configuration.ranks)
+            let worldSize = configuration.ranks * (configuration.cluster?.nodeCount ?? 1)
+            if let resume, resume.worldSize != worldSize {
+                throw RunFailure.recordWorldSize(path: recordPath, committed: resume.worldSize, asked: worldSize)
             }
             if let resume {
-                for rank in 0..<resume.worldSize {
+                // Another node's checkpoints may live on a disk this machine does not see.
+                let first = (configuration.cluster?.nodeRank ?? 0) * configuration.ranks
+                for rank in first..<(first + configuration.ranks) {
                     guard let path = resume.resumePath(rank: rank) else { continue }
                     if !path.exists {
                         warn("warning: rank \(rank)'s committed checkpoint \(path) does not exist (\(SystemError("stat").reason)); the rank is handed it all the same")
@@ -79,11 +85,37 @@ struct Preflight {
             }
             return Preflight(
                 runDirectory: runDirectory, executable: executable, lock: lock, resume: resume,
-                completedRecord: completedRecord, rankOpenFilesLimit: previousLimit)
+                completedRecord: completedRecord, rankOpenFilesLimit: previousLimit, clusterSecret: clusterSecret)
         } catch {
             lock.release()
             throw error
         }
+    }
+
+    /// The job token: `GRACEFUL_JOB_TOKEN`, or the file's contents without a final newline.
+    private static func secret(_ source: ClusterOptions.TokenSource) throws(RunFailure) -> [UInt8] {
+        var token: [UInt8]
+        switch source {
+        case .environment:
+            guard let value = getenv("GRACEFUL_JOB_TOKEN") else { throw .token("GRACEFUL_JOB_TOKEN is not set") }
+            token = Array(String(cString: value).utf8)
+        case .file(let path):
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw .token("cannot read the token file \(path) (\(SystemError("open").reason))") }
+            defer { closeDescriptor(fd) }
+            token = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while token.count <= 65536 {
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count <= 0 { break }
+                token += buffer[0..<count]
+            }
+            while token.last == UInt8(ascii: "\n") || token.last == UInt8(ascii: "\r") { token.removeLast() }
+        }
+        guard token.count >= ClusterOptions.minimumTokenLength else {
+            throw .token("the job token has \(token.count) byte(s); it needs at least \(ClusterOptions.minimumTokenLength)")
+        }
+        return token
     }
 
     /// Writes one byte: an empty file can be created on a full filesystem, a byte cannot.

@@ -6,6 +6,10 @@ public struct RankEnvironment: Sendable {
     public var runID: String
     public var runDirectory: String
     public var worldSize: Int
+    /// The ranks on this node; the world's size on a single node.
+    public var localWorldSize: Int
+    /// This node's rank in a multi-node job (torchrun's GROUP_RANK); 0 on a single node.
+    public var nodeRank = 0
     public var masterAddress: String
     public var masterPort: Int
     public var restartCount = 0
@@ -27,21 +31,24 @@ public struct RankEnvironment: Sendable {
         self.runID = runID
         self.runDirectory = runDirectory
         self.worldSize = worldSize
+        self.localWorldSize = worldSize
         self.masterAddress = masterAddress
         self.masterPort = masterPort
         self.resume = resume
     }
 
-    /// `inherited` overlaid with the variables of `rank`. Keys are unique; order is stable.
-    public func variables(rank: Int, inherited: [Variable]) -> [Variable] {
+    /// `inherited` overlaid with the variables of local rank `localRank`. Keys are unique; order is
+    /// stable.
+    public func variables(rank localRank: Int, inherited: [Variable]) -> [Variable] {
+        let rank = nodeRank * localWorldSize + localRank
         var own: [(String, String)] = [
             ("RANK", String(rank)),
-            ("LOCAL_RANK", String(rank)),
-            ("GROUP_RANK", "0"),
+            ("LOCAL_RANK", String(localRank)),
+            ("GROUP_RANK", String(nodeRank)),
             ("ROLE_RANK", String(rank)),
             ("ROLE_NAME", "default"),
             ("WORLD_SIZE", String(worldSize)),
-            ("LOCAL_WORLD_SIZE", String(worldSize)),
+            ("LOCAL_WORLD_SIZE", String(localWorldSize)),
             ("ROLE_WORLD_SIZE", String(worldSize)),
             ("MASTER_ADDR", masterAddress),
             ("MASTER_PORT", String(masterPort)),
@@ -50,7 +57,7 @@ public struct RankEnvironment: Sendable {
             ("TORCHELASTIC_MAX_RESTARTS", String(maxRestarts)),
             ("RANK_ID", String(rank)),
             ("RANK_SIZE", String(worldSize)),
-            ("DEVICE_ID", String(rank)),
+            ("DEVICE_ID", String(localRank)),
             ("MS_WORKER_NUM", String(worldSize)),
             ("MS_NODE_ID", String(rank)),
             ("MS_ROLE", "MS_WORKER"),
@@ -79,7 +86,7 @@ public struct RankEnvironment: Sendable {
         var result = inherited.filter { !ownKeys.contains($0.name) && !dropped.contains($0.name) }
         let inheritedKeys = Set(result.map(\.name))
         // torchrun's defaults: one OpenMP thread per rank when several share the machine.
-        if worldSize > 1 && !inheritedKeys.contains("OMP_NUM_THREADS") { result.append(("OMP_NUM_THREADS", Array("1".utf8))) }
+        if localWorldSize > 1 && !inheritedKeys.contains("OMP_NUM_THREADS") { result.append(("OMP_NUM_THREADS", Array("1".utf8))) }
         if !inheritedKeys.contains("PYTHONUNBUFFERED") { result.append(("PYTHONUNBUFFERED", Array("1".utf8))) }
         return result + ownVariables
     }

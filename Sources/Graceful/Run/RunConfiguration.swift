@@ -22,14 +22,25 @@ public struct RunConfiguration: Equatable, Sendable {
     public var extraEnvironment: [String: String] = [:]
     /// A process started before the ranks that is not one (msrun's scheduler).
     public var auxiliary: AuxiliaryConfiguration?
+    /// Several nodes (README, "Several nodes"); nil: this machine alone.
+    public var cluster: ClusterOptions?
+
+    /// The multi-node options, created as one node of one when first set.
+    var nodes: ClusterOptions {
+        get { cluster ?? ClusterOptions(nodeCount: 1, nodeRank: 0) }
+        set { cluster = newValue }
+    }
 
     public init(command: [String]) {
         self.command = command
     }
 
-    /// The run directory asked for, or the job's default.
+    /// The run directory asked for, or the job's default. The nodes of a multi-node job launched
+    /// from one shared directory each get their own: `graceful_run/<job>/node<K>`.
     public var effectiveRunDirectory: String {
-        runDirectory ?? "graceful_run/" + Self.jobName(of: command)
+        if let runDirectory { return runDirectory }
+        let job = "graceful_run/" + Self.jobName(of: command)
+        return cluster.map { "\(job)/node\($0.nodeRank)" } ?? job
     }
 
     /// Where rank `rank`'s log goes, given the run directory in use.
@@ -90,6 +101,9 @@ public enum ExitCode {
     public static let runDirectoryBusy: Int32 = 69
     /// The run directory or a log file cannot be created or written (EX_CANTCREAT).
     public static let cannotCreate: Int32 = 73
+    /// The nodes of a multi-node job did not all join within the rendezvous timeout, or disagree
+    /// (EX_CONFIG): nothing was launched.
+    public static let rendezvous: Int32 = 78
     /// The control file already requests an exit: nothing was launched (EX_TEMPFAIL).
     public static let exitAlreadyRequested: Int32 = 75
     /// The rank command exists but cannot be executed (as in a shell).
@@ -97,4 +111,36 @@ public enum ExitCode {
     /// The rank command was not found (as in a shell).
     public static let notFound: Int32 = 127
     // 128+N: a stop that committed nothing was forced by a repeated signal N (130 for Ctrl+C).
+}
+
+/// The options of a multi-node job (`--nnodes`, `--node-rank`, `--rdzv-*`, the job token).
+public struct ClusterOptions: Equatable, Sendable {
+    /// Seconds a node waits for every other one to join, by default (torchrun's join timeout).
+    public static let defaultRendezvousTimeout = 600.0
+    /// Seconds of silence after which a peer counts as lost, by default.
+    public static let defaultHeartbeatTimeout = 5.0
+    /// The framework's port when none is given: torchrun's default.
+    public static let defaultMasterPort = 29500
+    /// The shortest job token accepted, in bytes.
+    public static let minimumTokenLength = 16
+
+    /// Where the job's secret comes from.
+    public enum TokenSource: Equatable, Sendable {
+        case environment
+        case file(String)
+    }
+
+    public var nodeCount: Int
+    public var nodeRank: Int
+    /// The leader's rendezvous endpoint; nil host: the master address; nil port: the master port + 1.
+    public var rendezvousHost: String?
+    public var rendezvousPort: Int?
+    public var rendezvousTimeout = ClusterOptions.defaultRendezvousTimeout
+    public var heartbeatTimeout = ClusterOptions.defaultHeartbeatTimeout
+    public var token = TokenSource.environment
+
+    public init(nodeCount: Int, nodeRank: Int) {
+        self.nodeCount = nodeCount
+        self.nodeRank = nodeRank
+    }
 }

@@ -15,6 +15,12 @@ enum RunFailure: Error {
     case logFile(SystemError)
     case noFreePort
     case system(SystemError)
+    /// A multi-node job without a usable secret.
+    case token(String)
+    /// The nodes of a multi-node job did not all join, or disagree; nothing was launched.
+    case rendezvous(String)
+    /// A stop signal before the launch: nothing was launched.
+    case stoppedBeforeLaunch(Int32)
 
     var exitCode: Int32 {
         switch self {
@@ -25,6 +31,9 @@ enum RunFailure: Error {
         case .runDirectory, .logFile: return ExitCode.cannotCreate
         case .runDirectoryBusy: return ExitCode.runDirectoryBusy
         case .unusableRecord, .recordWorldSize: return ExitCode.dataError
+        case .token: return ExitCode.usage
+        case .rendezvous: return ExitCode.rendezvous
+        case .stoppedBeforeLaunch(let signal): return 128 + signal
         }
     }
 
@@ -56,6 +65,12 @@ enum RunFailure: Error {
             return "no free TCP port for MASTER_PORT; pass --master-port"
         case .system(let error):
             return "\(error)"
+        case .token(let reason):
+            return "\(reason); every node needs the same secret: export GRACEFUL_JOB_TOKEN=$(head -c 32 /dev/urandom | base64) before starting every node, or pass --token-file PATH to a file holding it"
+        case .rendezvous(let reason):
+            return "the job was not launched: \(reason)"
+        case .stoppedBeforeLaunch(let signal):
+            return "\(SignalNumber.name(signal)) before every node had joined: nothing was launched"
         }
     }
 }

@@ -56,10 +56,26 @@ public final class Supervisor {
     /// The last commit: the one resumed from, or the latest this run wrote. A restart resumes from it,
     /// whatever became of the file since.
     private var lastRecord: CommitRecord?
+    /// The record the ranks resume from: this node's, or the leader's in a multi-node job.
+    private var resumeRecord: CommitRecord?
+    /// This node's part in a multi-node job.
+    private var session: ClusterSession?
+    private var world: ClusterWorld?
+    /// The round in flight as the leader numbers it and as this node's coordinator does.
+    private var leaderRound: (leader: Int, local: Int)?
+    /// When this node last passed a stop signal to the leader: a storm is one signal, as on one node.
+    private var lastForwardedSignalAt: Instant?
+    private var leaderWaits = false
+    /// The leader's number of a round being started here (`startLeadersRound`).
+    private var startingLeaderRound: Int?
 
     public init(configuration: RunConfiguration) {
         self.configuration = configuration
-        coordinator = Coordinator(rankCount: configuration.ranks, policy: configuration.policy)
+        var policy = configuration.policy
+        // The leader schedules the job's checkpoint rounds.
+        if configuration.cluster != nil { policy.checkpointEvery = nil }
+        coordinator = Coordinator(rankCount: configuration.ranks, policy: policy, clusterMember: configuration.cluster != nil)
+        if let cluster = configuration.cluster { console.prefix = "graceful[node \(cluster.nodeRank)]: " }
     }
 
     /// Runs to the end and returns the exit code for `graceful`.
@@ -100,13 +116,16 @@ public final class Supervisor {
         if watcher.inotifyFD < 0 {
             console.report("warning: cannot watch \(configuration.controlFile) with inotify; checking it every \(format(ControlFileWatcher.statInterval))s instead")
         }
+        resumeRecord = preflight.resume
+        if let cluster = configuration.cluster { try rendezvous(cluster) }
+        defer { session?.close() }
         try prepareLaunch()
         defer { logFDs.forEach(closeDescriptor) }
-        lastRecord = preflight.resume
+        lastRecord = resumeRecord
         if let completed = preflight.completedRecord {
             console.report("the previous run completed at \(completed.completed ?? "?") after committing step \(completed.step); starting from scratch (its record is kept as \(preflight.runDirectory)/\(CommitRecord.completedFileName))")
         }
-        if let resume = preflight.resume {
+        if let resume = resumeRecord {
             console.report("resuming from committed step \(resume.step) (\(preflight.runDirectory)/\(CommitRecord.fileName))")
         }
         console.report("run \(runID): launching \(configuration.ranks) rank(s): \(configuration.command.joined(separator: " "))")
@@ -118,12 +137,14 @@ public final class Supervisor {
 
     /// The run id, the port, the doorbell, the environment and the logs.
     private func prepareLaunch() throws(RunFailure) {
-        runID = configuration.runID ?? Self.newRunID()
-        let port = configuration.masterPort ?? Int(graceful_free_tcp_port())
+        if runID.isEmpty { runID = configuration.runID ?? Self.newRunID() }
+        let port = configuration.masterPort ?? (configuration.cluster != nil ? ClusterOptions.defaultMasterPort : Int(graceful_free_tcp_port()))
         guard port > 0 else { throw .noFreePort }
         environment = RankEnvironment(
-            runID: runID, runDirectory: preflight.runDirectory, worldSize: configuration.ranks,
-            masterAddress: configuration.masterAddress, masterPort: port, resume: preflight.resume)
+            runID: runID, runDirectory: preflight.runDirectory, worldSize: world?.worldSize ?? configuration.ranks,
+            masterAddress: configuration.masterAddress, masterPort: port, resume: resumeRecord)
+        environment.localWorldSize = configuration.ranks
+        environment.nodeRank = configuration.cluster?.nodeRank ?? 0
         environment.maxRestarts = configuration.policy.maxRestarts
         var page: UnsafeMutablePointer<UInt32>?
         let fd = graceful_doorbell_create(&page)
@@ -154,9 +175,10 @@ public final class Supervisor {
             var wake = min(nextStatCheck, nextGuardRefresh)
             if let deadline = coordinator.nextDeadline, deadline < wake { wake = deadline }
             if let deadline = auxiliary?.lifecycle.nextDeadline, deadline < wake { wake = deadline }
+            if let deadline = session?.nextDeadline, deadline < wake { wake = deadline }
             if awaitingGangExit, now + Self.gangCheckInterval < wake { wake = now + Self.gangCheckInterval }
             var timeout = max(0, (wake.nanoseconds - now.nanoseconds + 999_999) / 1_000_000)
-            if console.hasPending { timeout = min(timeout, Self.consoleRetryMilliseconds) }
+            if console.hasPending || session?.hasQueued == true { timeout = min(timeout, Self.consoleRetryMilliseconds) }
             let events: [EventLoop.Event]
             do {
                 events = try loop.wait(timeoutMilliseconds: Int32(min(timeout, 60_000)))
@@ -175,6 +197,8 @@ public final class Supervisor {
                 case Token.controlFile: controlFileChanged = watcher.drainEvents() || controlFileChanged
                 case Token.auxiliaryStdout, Token.auxiliaryStderr:
                     auxiliary?.io.readOutput(stream: event.token == Token.auxiliaryStdout ? 0 : 1, loop: loop, console: console)
+                case let token where ClusterSession.isSessionToken(token):
+                    session?.handle(token: token, now: clock())
                 default:
                     let (rank, kind) = Token.decode(event.token)
                     // Events of an attempt already replaced are stale: their descriptors are closed.
@@ -195,7 +219,7 @@ public final class Supervisor {
             }
             if controlFileChanged && watcher.evaluate(warn: console.report) {
                 controlFileAskedToStop = true
-                apply(coordinator.handle(.trigger(.controlFile), now: clock()))
+                requestStop(.controlFile)
             }
             if signalsReady { handleSignals() }
             if awaitingGangExit {
@@ -217,8 +241,18 @@ public final class Supervisor {
             }
             apply(coordinator.handle(.tick, now: clock()))
             auxiliary?.handle(console: console) { $0.tick(now: clock()) }
+            if let session {
+                session.tick(now: clock())
+                obey(session.takeCommands())
+            }
             settleExitCode()
             console.flush()
+            // The leader serves the other nodes until each has finished or is lost.
+            if exitCode != nil, let session, !session.allEnded {
+                if !leaderWaits { console.report("this node's ranks ended; the leader serves the other nodes until they end") }
+                leaderWaits = true
+                exitCode = nil
+            }
         }
     }
 
@@ -228,21 +262,199 @@ public final class Supervisor {
             case SIGCHLD:
                 reapChildren()
             case SIGUSR2:
-                apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: clock()))
+                if let session {
+                    session.tell(.checkpointRequest("SIGUSR2"), now: clock())
+                } else {
+                    apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: clock()))
+                }
             case SIGTSTP:
                 pauseJob()
             case SIGCONT:
                 // Also after a SIGSTOP sent to the coordinator alone: the job goes on with it.
                 deliverToAll(SIGCONT)
-            case _ where ranksExitCode != nil && (SignalPipe.quitSignals.contains(signal) || signals.stopSignals.contains(signal)):
+            case _ where ranksExitCode != nil && session == nil && (SignalPipe.quitSignals.contains(signal) || signals.stopSignals.contains(signal)):
                 auxiliary?.handle(console: console) { $0.interrupted(now: clock()) }
             case _ where SignalPipe.quitSignals.contains(signal):
-                apply(coordinator.handle(.trigger(.quit(signal)), now: clock()))
+                requestStop(.quit(signal))
             case _ where signals.stopSignals.contains(signal):
-                apply(coordinator.handle(.trigger(.signal(signal)), now: clock()))
+                requestStop(.signal(signal))
             default:
                 break
             }
+        }
+    }
+
+    // MARK: - Several nodes
+
+    /// A stop trigger seen here: this node's coordinator takes it, or, in a multi-node job, the
+    /// leader, which asks every node. A storm of signals is passed on as one.
+    private func requestStop(_ trigger: Trigger) {
+        guard let session else {
+            apply(coordinator.handle(.trigger(trigger), now: clock()))
+            return
+        }
+        if trigger.signalNumber != nil {
+            let now = clock()
+            defer { lastForwardedSignalAt = now }
+            if let last = lastForwardedSignalAt, now.seconds(since: last) < configuration.policy.signalDebounce { return }
+        }
+        session.tell(.trigger(trigger), now: clock())
+    }
+
+    private func tellLeader(_ report: NodeReport) {
+        guard let session else { return }
+        switch report {
+        case .position(let local, let furthest):
+            if let round = leaderID(ofLocal: local) { session.tell(.position(round: round, furthest: furthest), now: clock()) }
+        case .roundFailed(let local, let problem):
+            if let round = leaderID(ofLocal: local) { session.tell(.roundFailed(round: round, "\(problem)"), now: clock()) }
+        case .rankFailed(let rank, let status):
+            session.tell(.rankFailed("rank \(globalRank(rank)) failed (\(status))"), now: clock())
+        }
+    }
+
+    private func globalRank(_ localRank: Int) -> Int {
+        (configuration.cluster?.nodeRank ?? 0) * configuration.ranks + localRank
+    }
+
+    /// Carries out what the leader says to this node.
+    private func obey(_ commands: [ClusterCommand]) {
+        for command in commands {
+            switch command {
+            case .stop(let round, let trigger):
+                startLeadersRound(round) { apply(coordinator.handle(.trigger(trigger), now: clock())) }
+            case .checkpoint(let round, let trigger):
+                startLeadersRound(round) { apply(coordinator.handle(.requestCheckpoint(trigger), now: clock())) }
+            case .escalate(let trigger):
+                apply(coordinator.handle(.escalate(trigger), now: clock()))
+            case .step(let round, let step):
+                if let mapped = leaderRound, mapped.leader == round {
+                    apply(coordinator.handle(.stepChosen(round: mapped.local, step: step), now: clock()))
+                }
+            case .committed(let round, let text):
+                guard let mapped = leaderRound, mapped.leader == round else { continue }
+                keepCopy(of: text)
+                apply(coordinator.handle(.commitWritten, now: clock()))
+            case .roundFailed(let round, let reason):
+                if let mapped = leaderRound, mapped.leader == round {
+                    apply(coordinator.handle(.roundFailedElsewhere(round: mapped.local, reason), now: clock()))
+                }
+            case .nodeFailed(let reason):
+                apply(coordinator.handle(.nodeFailed(reason), now: clock()))
+            case .launch, .refused, .ping:
+                break
+            }
+        }
+    }
+
+    /// Feeds the leader's round request to this node's coordinator; a node that cannot take part
+    /// (its ranks failed or ended) says so at once, so the round fails everywhere without waiting.
+    private func startLeadersRound(_ round: Int, _ start: () -> Void) {
+        let before = coordinator.currentRoundID
+        startingLeaderRound = round
+        start()
+        startingLeaderRound = nil
+        if let local = coordinator.currentRoundID, local != before {
+            leaderRound = (round, local)
+        } else {
+            session?.tell(.roundFailed(round: round, "its ranks are not running (\(coordinator.phase))"), now: clock())
+        }
+    }
+
+    /// The leader's number of this node's round `local`. While a round of the leader's starts here,
+    /// what the coordinator reports of a new round (all at once, when no rank speaks the protocol)
+    /// is that round's.
+    private func leaderID(ofLocal local: Int) -> Int? {
+        if let starting = startingLeaderRound, leaderRound?.local != local { leaderRound = (starting, local) }
+        guard let round = leaderRound, round.local == local else { return nil }
+        return round.leader
+    }
+
+    /// A follower's copy of the leader's record: what the next launch checks against the leader's.
+    private func keepCopy(of text: String) {
+        guard let record = try? CommitRecord(contents: Array(text.utf8)) else { return }
+        lastRecord = record
+        guard session?.isLeader == false else { return }
+        do {
+            try AtomicFile.write(text, to: preflight.runDirectory + "/" + CommitRecord.fileName)
+        } catch {
+            console.report("warning: could not keep a copy of the leader's record of step \(record.step) in \(preflight.runDirectory): \(error)")
+        }
+    }
+
+    /// Waits until every node joined and the leader launches (or refuses) the job.
+    private func rendezvous(_ options: ClusterOptions) throws(RunFailure) {
+        let masterPort = configuration.masterPort ?? ClusterOptions.defaultMasterPort
+        let settings = ClusterSession.Settings(
+            nodeCount: options.nodeCount, nodeRank: options.nodeRank,
+            rendezvousHost: options.rendezvousHost ?? configuration.masterAddress,
+            rendezvousPort: options.rendezvousPort ?? masterPort + 1,
+            rendezvousTimeout: options.rendezvousTimeout, heartbeatTimeout: options.heartbeatTimeout,
+            secret: preflight.clusterSecret ?? [])
+        let join = ClusterJoin(
+            node: options.nodeRank, nodeCount: options.nodeCount, localRanks: configuration.ranks, command: configuration.command,
+            commit: resumeRecord.map { .init(runID: $0.runID, step: $0.step) }, host: NetworkAddress.hostName())
+        if options.nodeRank == 0 { runID = configuration.runID ?? Self.newRunID() }
+        let policy = ClusterLeader.Policy(
+            grace: configuration.policy.grace, alignTimeout: configuration.policy.alignTimeout,
+            checkpointEvery: configuration.policy.checkpointEvery, rendezvousTimeout: options.rendezvousTimeout)
+        let session: ClusterSession
+        do {
+            session = try ClusterSession(
+                settings: settings, join: join, runID: runID, record: resumeRecord?.json, policy: policy,
+                loop: loop, now: clock(), report: console.report)
+        } catch {
+            throw .system(error)
+        }
+        self.session = session
+        session.writeRecord = { [unowned self] step, paths, trigger in self.writeJobRecord(step: step, paths: paths, trigger: trigger) }
+        if !session.isLeader { console.report("joining the job at \(settings.rendezvousHost):\(settings.rendezvousPort)") }
+        while session.outcome == .gathering {
+            let wait = max(0, min(1000, (session.nextDeadline.nanoseconds - clock().nanoseconds) / 1_000_000 + 1))
+            let events: [EventLoop.Event]
+            do {
+                events = try loop.wait(timeoutMilliseconds: Int32(session.hasQueued ? min(wait, 20) : wait))
+            } catch {
+                throw .system(SystemError("epoll_wait"))
+            }
+            for event in events where ClusterSession.isSessionToken(event.token) { session.handle(token: event.token, now: clock()) }
+            for signal in signals.drain() where signals.stopSignals.contains(signal) || SignalPipe.quitSignals.contains(signal) {
+                session.drain(milliseconds: 200)
+                throw .stoppedBeforeLaunch(signal)
+            }
+            session.tick(now: clock())
+            console.flush()
+        }
+        switch session.outcome {
+        case .gathering:
+            break
+        case .refused(let reason):
+            session.drain(milliseconds: 500)
+            throw .rendezvous(reason)
+        case .launched(let launched, let text):
+            world = launched
+            runID = launched.runID
+            if let text {
+                guard let record = try? CommitRecord(contents: Array(text.utf8)), record.worldSize == launched.worldSize else {
+                    throw .rendezvous("the leader's record does not fit a job of \(launched.worldSize) rank(s)")
+                }
+                if record != resumeRecord { keepCopy(of: text) }
+                resumeRecord = record
+            }
+        }
+    }
+
+    /// The leader's commit of the whole job's record.
+    private func writeJobRecord(step: Int, paths: [CheckpointPath?], trigger: String) -> Result<String, ClusterSession.CommitFailure> {
+        let first = globalRank(0)
+        // Only this node's checkpoints are on a disk the leader surely sees; the others' nodes checked theirs.
+        let local = Array(paths[first..<min(paths.count, first + configuration.ranks)])
+        var checked: [CheckpointPath?] = Array(repeating: nil, count: first) + local
+        checked += Array(repeating: nil, count: max(0, paths.count - checked.count))
+        switch commit(step: step, paths: checked, trigger: trigger, writing: paths) {
+        case .commitWritten: return .success(lastRecord?.json ?? "")
+        case .commitFailed(let reason): return .failure(.init(reason: reason))
+        default: return .failure(.init(reason: "unexpected"))
         }
     }
 
@@ -410,7 +622,14 @@ public final class Supervisor {
             case .signal:
                 break
             case .commit(let step, let paths, let trigger):
-                apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: clock()))
+                if let session {
+                    // This node's ranks confirmed: the leader commits for the whole job.
+                    if let round = leaderRound { session.tell(.confirmed(round: round.leader, step: step, paths: paths), now: clock()) }
+                } else {
+                    apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: clock()))
+                }
+            case .tellLeader(let report):
+                tellLeader(report)
             case .awaitGangExit:
                 killDescendants()
                 awaitingGangExit = true
@@ -428,6 +647,7 @@ public final class Supervisor {
                 console.report("\(line)")
             case .finish(let code):
                 ranksExitCode = code
+                session?.tell(.finished(exitCode: code), now: clock())
                 auxiliary?.handle(console: console) { $0.ranksEnded(now: clock()) }
                 settleExitCode()
             }
@@ -493,7 +713,9 @@ public final class Supervisor {
     }
 
     /// Writes the record if every reported checkpoint exists; the event to feed back.
-    private func commit(step: Int, paths: [CheckpointPath?], trigger: String) -> CoordinatorEvent {
+    /// Checks that `paths` exist, then writes the record of `writing` (the same paths, unless the
+    /// leader of a multi-node job checks only its own node's).
+    private func commit(step: Int, paths: [CheckpointPath?], trigger: String, writing: [CheckpointPath?]? = nil) -> CoordinatorEvent {
         for (rank, path) in paths.enumerated() {
             guard let path else { continue }
             if !path.exists {
@@ -501,7 +723,7 @@ public final class Supervisor {
             }
         }
         let record = CommitRecord(
-            runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp(),
+            runID: runID, step: step, paths: writing ?? paths, trigger: trigger, time: Self.timestamp(),
             directory: currentDirectory().flatMap { CheckpointPath(bytes: $0) })
         guard preflight.lock.isStillHeld(in: preflight.runDirectory) else {
             return .commitFailed(Self.runDirectoryLost(preflight.runDirectory))

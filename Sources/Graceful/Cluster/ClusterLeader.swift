@@ -1,0 +1,436 @@
+import GracefulProtocol
+
+/// The leader of a multi-node job (the coordinator of node rank 0), as a state machine with no
+/// system calls: the rendezvous, then one round at a time for the whole job. It is the single-node
+/// protocol one level up: each node's coordinator aligns its own ranks and reports its furthest
+/// position; the leader picks one step for every rank of every node; each node reports that its
+/// ranks confirmed; the leader commits when every node did, and tells every node.
+///
+/// Node 0 is the leader's own node: its messages come in and its commands go out like any other's.
+///
+/// Guarantees (`ClusterLeaderPropertyTests` checks each after every input of random runs):
+/// - `.launch` goes to every node only once every node rank of `0..<nodeCount` joined with the
+///   same node count, rank count and command, and a commit that is the leader's or older; any
+///   disagreement refuses every node before any launch, naming the node at fault;
+/// - at most one round is in flight; every living node gets the same round's `stop`/`checkpoint`,
+///   then the same `step`;
+/// - `.commit` is asked for at most once per round, only when every node of the job confirmed the
+///   round's step in that round and no node reported a problem with it, before the round's deadline;
+/// - the first stop trigger starts the one stop; later triggers escalate only when a node repeats
+///   its own stop signal (the control file, and one scheduler signal to every node, never do);
+/// - a node that is lost, or whose rank fails, makes every other living node get `nodeFailed`, and
+///   no round in flight can commit after it.
+public struct ClusterLeader: Sendable {
+    public struct Policy: Equatable, Sendable {
+        public var grace: Double
+        public var alignTimeout: Double
+        public var checkpointEvery: Double?
+        /// Seconds from the leader's start to every node joined.
+        public var rendezvousTimeout: Double
+        /// Added to the nodes' own deadlines: their reports travel over the network.
+        public static let networkMargin = 1.0
+
+        public init(grace: Double, alignTimeout: Double, checkpointEvery: Double?, rendezvousTimeout: Double) {
+            self.grace = grace
+            self.alignTimeout = alignTimeout
+            self.checkpointEvery = checkpointEvery
+            self.rendezvousTimeout = rendezvousTimeout
+        }
+    }
+
+    public enum Action: Equatable, Sendable {
+        case send(node: Int, ClusterCommand)
+        /// Write the job's commit record (every rank's path, in global rank order), then answer with
+        /// `commitWritten` or `commitFailed`.
+        case commit(round: Int, step: Int, paths: [CheckpointPath?], trigger: String)
+        /// The rendezvous failed: every node was told why; the leader ends with `ExitCode.rendezvous`.
+        case abort(String)
+        case report(ClusterReport)
+    }
+
+    struct Round: Equatable, Sendable {
+        enum Kind: Equatable, Sendable { case stop, checkpoint }
+        let id: Int
+        let kind: Kind
+        let trigger: String
+        let requestedAt: Instant
+        var positions: [Int: Int?] = [:]
+        /// nil while aligning; .some(step) once sent.
+        var step: Int??
+        var confirmations: [Int: (step: Int, paths: [CheckpointPath?])] = [:]
+        var failed = false
+        var commitAsked = false
+
+        static func == (lhs: Round, rhs: Round) -> Bool { lhs.id == rhs.id }
+    }
+
+    public enum Phase: Equatable, Sendable {
+        case gathering(deadline: Instant)
+        case running
+        case aborted
+    }
+
+    public let policy: Policy
+    public let nodeCount: Int
+    public private(set) var phase: Phase
+    public private(set) var joins: [Int: ClusterJoin] = [:]
+    /// Nodes launched that have neither finished nor been lost.
+    public private(set) var living: Set<Int> = []
+    public private(set) var world: ClusterWorld
+    /// A rank failed or a node was lost: no round can complete any more.
+    public private(set) var failed = false
+    public private(set) var stopTrigger: Trigger?
+    var round: Round?
+    private var nextRoundID = 1
+    private var nextCheckpointAt: Instant?
+    /// Per node, the stop signals it sent during the stop; its second one escalates.
+    private var stopSignals: [Int: Int] = [:]
+    private var leaderRecord: String?
+
+    /// `leader` is node 0's own join; `record` its commit record's JSON, sent to every node at launch.
+    public init(leader: ClusterJoin, runID: String, record: String?, policy: Policy, now: Instant) {
+        self.policy = policy
+        nodeCount = leader.nodeCount
+        world = ClusterWorld(runID: runID, nodeCount: leader.nodeCount, localRanks: leader.localRanks)
+        phase = .gathering(deadline: now + policy.rendezvousTimeout)
+        joins[0] = leader
+        leaderRecord = record
+    }
+
+    /// Whether every node launched has finished or was lost.
+    public var allEnded: Bool { phase == .running && living.isEmpty }
+
+    public var nextDeadline: Instant? {
+        switch phase {
+        case .gathering(let deadline): return deadline
+        case .aborted: return nil
+        case .running:
+            if let round {
+                if round.step == nil { return round.requestedAt + policy.alignTimeout + Policy.networkMargin }
+                if !round.failed && !round.commitAsked { return round.requestedAt + policy.grace + Policy.networkMargin }
+                return nil
+            }
+            return stopTrigger == nil && !failed ? nextCheckpointAt : nil
+        }
+    }
+
+    // MARK: - Rendezvous
+
+    /// A node's join. Any disagreement refuses the whole job, before any launch.
+    public mutating func joined(_ join: ClusterJoin, now: Instant) -> [Action] {
+        guard case .gathering = phase else {
+            return [.report(.lateJoin(node: join.node, host: join.host))]
+        }
+        if let problem = disagreement(join) { return abort(problem) }
+        joins[join.node] = join
+        guard joins.count == nodeCount else { return [.report(.joined(node: join.node, host: join.host, waiting: nodeCount - joins.count))] }
+        phase = .running
+        living = Set(0..<nodeCount)
+        if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+        return [.report(.launching(world))] + (0..<nodeCount).map { .send(node: $0, .launch(world, record: leaderRecord)) }
+    }
+
+    private func disagreement(_ join: ClusterJoin) -> String? {
+        let leader = joins[0]!
+        let name = "node \(join.node) (\(join.host))"
+        if join.nodeCount != nodeCount {
+            return "\(name) was started with --nnodes \(join.nodeCount), the leader with \(nodeCount)"
+        }
+        if join.node < 0 || join.node >= nodeCount {
+            return "\(name) has a node rank outside 0...\(nodeCount - 1)"
+        }
+        if let holder = joins[join.node] {
+            return "node rank \(join.node) was claimed twice: by \(holder.host) and by \(join.host)"
+        }
+        if join.localRanks != leader.localRanks {
+            return "\(name) was started with -n \(join.localRanks), the leader (\(leader.host)) with -n \(leader.localRanks)"
+        }
+        if join.command != leader.command {
+            return "\(name) runs '\(join.command.joined(separator: " "))', the leader (\(leader.host)) '\(leader.command.joined(separator: " "))'"
+        }
+        if let commit = join.commit {
+            // A follower's copy may lag behind the leader's record (the leader committed, then a
+            // follower was lost before it heard): the leader's record is the job's. Anything else
+            // names a commit the leader never made.
+            guard let own = leader.commit, commit == own || commit.step < own.step else {
+                let leaderSide = leader.commit.map { "\($0)" } ?? "none"
+                return "\(name) last committed \(commit), the leader (\(leader.host)) \(leaderSide): they are not one job's records"
+            }
+        }
+        return nil
+    }
+
+    private mutating func abort(_ reason: String) -> [Action] {
+        phase = .aborted
+        var actions: [Action] = []
+        for node in joins.keys.sorted() where node != 0 { actions.append(.send(node: node, .refused(reason))) }
+        actions.append(.abort(reason))
+        return actions
+    }
+
+    /// A node's connection ended, or its heartbeats stopped.
+    public mutating func lost(node: Int, reason: String, now: Instant) -> [Action] {
+        switch phase {
+        case .gathering:
+            // It may come back before the deadline; its rank is free again.
+            guard node != 0, joins.removeValue(forKey: node) != nil else { return [] }
+            return [.report(.leftBeforeLaunch(node: node, reason: reason))]
+        case .aborted:
+            return []
+        case .running:
+            guard living.remove(node) != nil else { return [] }
+            return failJob("node \(node) (\(joins[node]?.host ?? "?")) \(reason)", except: node)
+        }
+    }
+
+    // MARK: - Messages
+
+    public mutating func received(_ message: ClusterNodeMessage, from node: Int, now: Instant) -> [Action] {
+        guard phase == .running, living.contains(node) else { return [] }
+        switch message {
+        case .join:
+            return [.report(.lateJoin(node: node, host: joins[node]?.host ?? "?"))]
+        case .trigger(let trigger):
+            return receiveTrigger(trigger, from: node, now: now)
+        case .checkpointRequest(let trigger):
+            guard round == nil, stopTrigger == nil, !failed else { return [.report(.checkpointNotStarted(trigger: trigger))] }
+            return startRound(.checkpoint, trigger: trigger, now: now)
+        case .position(let id, let furthest):
+            guard var current = round, current.id == id, current.step == nil, current.positions[node] == nil else { return [] }
+            current.positions[node] = .some(furthest)
+            round = current
+            return living.allSatisfy({ current.positions[$0] != nil }) ? decide() : []
+        case .confirmed(let id, let step, let paths):
+            return receiveConfirmation(id: id, step: step, paths: paths, from: node, now: now)
+        case .roundFailed(let id, let reason):
+            guard var current = round, current.id == id, !current.failed else { return [] }
+            current.failed = true
+            round = current
+            return failRound("node \(node): \(reason)", except: node)
+        case .rankFailed(let reason):
+            return failJob("node \(node): \(reason)", except: node)
+        case .finished(let code):
+            living.remove(node)
+            var actions: [Action] = [.report(.nodeFinished(node: node, exitCode: code))]
+            if let current = round, !current.failed, !current.commitAsked, current.confirmations[node] == nil {
+                round?.failed = true
+                actions += failRound("node \(node) ended before confirming", except: node)
+            }
+            if living.isEmpty { round = nil }
+            return actions
+        case .ping:
+            return []
+        }
+    }
+
+    private mutating func receiveTrigger(_ trigger: Trigger, from node: Int, now: Instant) -> [Action] {
+        guard let first = stopTrigger else {
+            stopTrigger = trigger
+            if case .signal = trigger { stopSignals[node] = 1 }
+            if case .quit = trigger { stopSignals[node] = 1 }
+            return startRound(.stop, trigger: trigger.description, stopTrigger: trigger, now: now)
+        }
+        _ = first
+        // The control file cannot be told apart from the request itself; a node's first signal is
+        // the same request as everybody's (a scheduler signals every node at once). A node's
+        // second signal is somebody insisting.
+        guard trigger.signalNumber != nil else { return [] }
+        let count = (stopSignals[node] ?? 0) + 1
+        stopSignals[node] = count
+        let quits = if case .quit = trigger { true } else { false }
+        guard count >= 2 || quits else { return [.report(.alreadyStopping(node: node, trigger))] }
+        return [.report(.escalating(node: node, trigger))] + living.sorted().map { .send(node: $0, .escalate(trigger)) }
+    }
+
+    private mutating func startRound(_ kind: Round.Kind, trigger: String, stopTrigger: Trigger? = nil, now: Instant) -> [Action] {
+        var actions: [Action] = []
+        if let current = round, !current.commitAsked {
+            // A stop supersedes a checkpoint round: its positions and confirmations count no more.
+            actions.append(.report(.roundSuperseded(round: current.id)))
+        }
+        let id = nextRoundID
+        nextRoundID += 1
+        round = Round(id: id, kind: kind, trigger: trigger, requestedAt: now)
+        if failed { round?.failed = true }
+        let command: ClusterCommand = if let stopTrigger { .stop(round: id, stopTrigger) } else { .checkpoint(round: id, trigger: trigger) }
+        actions.append(.report(kind == .stop ? .stopping(trigger: trigger, nodes: living.count) : .checkpointing(trigger: trigger, nodes: living.count)))
+        return actions + living.sorted().map { .send(node: $0, command) }
+    }
+
+    /// One step for the whole job: 1 + the furthest position of any rank of any node.
+    private mutating func decide() -> [Action] {
+        guard var current = round, current.step == nil else { return [] }
+        let furthest = current.positions.values.compactMap { $0 }.max()
+        if let furthest, furthest.addingReportingOverflow(1).overflow || furthest + 1 > maximumMessageInteger {
+            current.failed = true
+            current.step = .some(nil)
+            round = current
+            return failRound("a rank answered position \(furthest), after which no step can follow", except: nil)
+        }
+        let step = furthest.map { $0 + 1 }
+        current.step = .some(step)
+        round = current
+        return [.report(.stepChosen(round: current.id, step: step))] + living.sorted().map { .send(node: $0, .step(round: current.id, step: step)) }
+    }
+
+    private mutating func receiveConfirmation(
+        id: Int, step: Int, paths: [CheckpointPath?], from node: Int, now: Instant
+    ) -> [Action] {
+        guard var current = round, current.id == id, case .some(let decided) = current.step,
+              current.confirmations[node] == nil, !current.failed, !current.commitAsked
+        else { return [] }
+        if now >= current.requestedAt + policy.grace + Policy.networkMargin { return [] }
+        guard paths.count == world.localRanks else {
+            current.failed = true
+            round = current
+            return failRound("node \(node) confirmed \(paths.count) path(s) for \(world.localRanks) rank(s)", except: nil)
+        }
+        if let decided, step != decided {
+            current.failed = true
+            round = current
+            return failRound("node \(node) checkpointed step \(step), not the round's step \(decided)", except: nil)
+        }
+        current.confirmations[node] = (step, paths)
+        round = current
+        guard (0..<nodeCount).allSatisfy({ current.confirmations[$0] != nil }) else { return [] }
+        let steps = Set(current.confirmations.values.map(\.step))
+        guard steps.count == 1 else {
+            current.failed = true
+            round = current
+            return failRound("the nodes checkpointed different steps, from \(steps.min()!) to \(steps.max()!)", except: nil)
+        }
+        current.commitAsked = true
+        round = current
+        let allPaths = (0..<nodeCount).flatMap { current.confirmations[$0]!.paths }
+        return [.commit(round: id, step: step, paths: allPaths, trigger: current.trigger)]
+    }
+
+    // MARK: - The commit's outcome
+
+    /// The record of round `id` is durably on disk; `record` is its JSON, for every node's copy.
+    public mutating func commitWritten(round id: Int, record: String, now: Instant) -> [Action] {
+        guard let current = round, current.id == id, current.commitAsked else { return [] }
+        round = nil
+        if current.kind == .checkpoint, let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+        return living.sorted().map { .send(node: $0, .committed(round: id, record: record)) }
+    }
+
+    public mutating func commitFailed(round id: Int, reason: String, now: Instant) -> [Action] {
+        guard var current = round, current.id == id, current.commitAsked else { return [] }
+        current.failed = true
+        current.commitAsked = false
+        round = current
+        return failRound("the leader's commit failed (\(reason))", except: nil)
+    }
+
+    // MARK: - Time
+
+    public mutating func tick(now: Instant) -> [Action] {
+        switch phase {
+        case .aborted, .running where living.isEmpty:
+            return []
+        case .gathering(let deadline):
+            guard now >= deadline else { return [] }
+            let missing = (0..<nodeCount).filter { joins[$0] == nil }
+            return abort("node(s) \(missing.map(String.init).joined(separator: ", ")) did not join within \(format(policy.rendezvousTimeout))s (--rdzv-timeout)")
+        case .running:
+            if let current = round {
+                if current.step == nil, now >= current.requestedAt + policy.alignTimeout + Policy.networkMargin {
+                    return decide()
+                }
+                if current.step != nil, !current.failed, !current.commitAsked, now >= current.requestedAt + policy.grace + Policy.networkMargin {
+                    round?.failed = true
+                    let missing = (0..<nodeCount).filter { current.confirmations[$0] == nil }
+                    let finishRound: [Action] = current.kind == .checkpoint ? endRound() : []
+                    return failRound("node(s) \(missing.map(String.init).joined(separator: ", ")) did not confirm within \(format(policy.grace))s", except: nil) + finishRound
+                }
+                return []
+            }
+            if let due = nextCheckpointAt, now >= due, stopTrigger == nil, !failed {
+                nextCheckpointAt = nil
+                return startRound(.checkpoint, trigger: "periodic", now: now)
+            }
+            return []
+        }
+    }
+
+    // MARK: - Failures
+
+    /// Tells every living node (but `origin`, which knows) that the round failed. A checkpoint round
+    /// ends there; a stop stays the stop (its escalation goes on), committing nothing.
+    private mutating func failRound(_ reason: String, except origin: Int?) -> [Action] {
+        guard let current = round else { return [] }
+        var actions: [Action] = [.report(.roundFailed(round: current.id, reason: reason))]
+        actions += living.sorted().filter { $0 != origin }.map { .send(node: $0, .roundFailed(round: current.id, reason)) }
+        if current.kind == .checkpoint { actions += endRound() }
+        return actions
+    }
+
+    private mutating func endRound() -> [Action] {
+        round = nil
+        return []
+    }
+
+    private mutating func failJob(_ reason: String, except origin: Int) -> [Action] {
+        failed = true
+        var actions: [Action] = [.report(.jobFailed(reason))]
+        if let current = round, !current.failed, !current.commitAsked {
+            round?.failed = true
+            actions += living.sorted().filter { $0 != origin }.map { .send(node: $0, .roundFailed(round: current.id, reason)) }
+        }
+        actions += living.sorted().filter { $0 != origin }.map { .send(node: $0, .nodeFailed(reason)) }
+        return actions
+    }
+}
+
+/// The leader's lines for the console; worded in one place.
+public enum ClusterReport: Equatable, Sendable, CustomStringConvertible {
+    case joined(node: Int, host: String, waiting: Int)
+    case leftBeforeLaunch(node: Int, reason: String)
+    case lateJoin(node: Int, host: String)
+    case launching(ClusterWorld)
+    case stopping(trigger: String, nodes: Int)
+    case checkpointing(trigger: String, nodes: Int)
+    case checkpointNotStarted(trigger: String)
+    case alreadyStopping(node: Int, Trigger)
+    case escalating(node: Int, Trigger)
+    case roundSuperseded(round: Int)
+    case stepChosen(round: Int, step: Int?)
+    case roundFailed(round: Int, reason: String)
+    case jobFailed(String)
+    case nodeFinished(node: Int, exitCode: Int32)
+
+    public var description: String {
+        switch self {
+        case .joined(let node, let host, let waiting):
+            return "leader: node \(node) (\(host)) joined; waiting for \(waiting) more"
+        case .leftBeforeLaunch(let node, let reason):
+            return "leader: node \(node) left before the launch (\(reason)); waiting for it again"
+        case .lateJoin(let node, let host):
+            return "warning: leader: node \(node) (\(host)) tried to join a job already launched; ignored"
+        case .launching(let world):
+            return "leader: every node joined: launching \(world.worldSize) rank(s) on \(world.nodeCount) node(s)"
+        case .stopping(let trigger, let nodes):
+            return "leader: stop requested (\(trigger)); asking \(nodes) node(s)"
+        case .checkpointing(let trigger, let nodes):
+            return "leader: checkpoint requested (\(trigger)); asking \(nodes) node(s)"
+        case .checkpointNotStarted(let trigger):
+            return "leader: checkpoint request (\(trigger)) ignored: a round is in progress, or the job is stopping"
+        case .alreadyStopping(let node, let trigger):
+            return "leader: \(trigger) on node \(node): the job is already stopping (send it again there to escalate)"
+        case .escalating(let node, let trigger):
+            return "leader: \(trigger) repeated on node \(node): escalating on every node"
+        case .roundSuperseded(let round):
+            return "leader: round \(round) superseded by the stop"
+        case .stepChosen(let round, let step):
+            return step.map { "leader: round \(round): step \($0) for every rank of every node" }
+                ?? "leader: round \(round): no rank passed a step yet; each stops at its next boundary"
+        case .roundFailed(let round, let reason):
+            return "error: leader: round \(round) cannot commit: \(reason)"
+        case .jobFailed(let reason):
+            return "error: leader: \(reason); stopping every node"
+        case .nodeFinished(let node, let code):
+            return "leader: node \(node) finished (exit \(code))"
+        }
+    }
+}

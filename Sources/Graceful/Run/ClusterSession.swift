@@ -1,0 +1,344 @@
+import GracefulProtocol
+import Glibc
+
+/// This node's part in a multi-node job: the links to the other coordinators, the rendezvous, the
+/// heartbeats, and on node 0 the leader (`ClusterLeader`). What the leader says to this node comes
+/// out of `takeCommands()`; what this node says goes in through `tell(_:now:)`.
+///
+/// Nothing from the network is trusted before the handshake proved the peer holds the job's
+/// secret; until then a connection costs one bounded buffer and is dropped after
+/// `handshakeTimeout`. Every kind of bad traffic is reported once.
+final class ClusterSession {
+    struct Settings {
+        var nodeCount: Int
+        var nodeRank: Int
+        var rendezvousHost: String
+        var rendezvousPort: Int
+        var rendezvousTimeout: Double
+        var heartbeatTimeout: Double
+        var secret: [UInt8]
+    }
+
+    enum Outcome: Equatable {
+        case gathering
+        case launched(ClusterWorld, record: String?)
+        case refused(String)
+    }
+
+    static let listenerToken = UInt64.max - 4
+    private static let connectionTokenBit: UInt64 = 1 << 62
+    /// Seconds a connection may take to prove itself; a port scanner is dropped after it.
+    static let handshakeTimeout = 5.0
+    /// Connections still proving themselves at once; more are refused at once.
+    static let maximumUnproven = 64
+
+    static func isSessionToken(_ token: UInt64) -> Bool {
+        token == listenerToken || (token & connectionTokenBit != 0 && token < UInt64.max - 16)
+    }
+
+    let settings: Settings
+    var isLeader: Bool { settings.nodeRank == 0 }
+    private(set) var outcome: Outcome = .gathering
+    /// Writes the job's commit record; the leader's: its JSON, or why it failed.
+    var writeRecord: ((Int, [CheckpointPath?], String) -> Result<String, CommitFailure>)?
+    private let loop: EventLoop
+    private let report: (String) -> Void
+    private let join: ClusterJoin
+    private var leader: ClusterLeader?
+    private var listener: Int32 = -1
+    private var connections: [UInt64: ClusterConnection] = [:]
+    private var tokenByNode: [Int: UInt64] = [:]
+    private var nextConnectionID: UInt64 = 0
+    private var leaderToken: UInt64?
+    private var nextConnectAttempt: Instant
+    private var connectBackoff = 0.1
+    private let rendezvousDeadline: Instant
+    private var commands: [ClusterCommand] = []
+    private var warned: Set<String> = []
+    private var leaderLost = false
+
+    struct CommitFailure: Error {
+        let reason: String
+    }
+
+    var heartbeatInterval: Double { max(0.05, settings.heartbeatTimeout / 5) }
+
+    init(
+        settings: Settings, join: ClusterJoin, runID: String, record: String?, policy: ClusterLeader.Policy,
+        loop: EventLoop, now: Instant, report: @escaping (String) -> Void
+    ) throws(SystemError) {
+        self.settings = settings
+        self.join = join
+        self.loop = loop
+        self.report = report
+        nextConnectAttempt = now
+        rendezvousDeadline = now + settings.rendezvousTimeout
+        if settings.nodeRank == 0 {
+            listener = try ClusterSocket.listen(port: settings.rendezvousPort)
+            do {
+                try loop.register(listener, token: Self.listenerToken)
+            } catch {
+                throw SystemError("epoll_ctl(ADD)", errno: EINVAL)
+            }
+            leader = ClusterLeader(leader: join, runID: runID, record: record, policy: policy, now: now)
+            report("leader: waiting for \(settings.nodeCount - 1) node(s) at port \(settings.rendezvousPort)")
+        }
+    }
+
+    /// The commands for this node since the last call, in order.
+    func takeCommands() -> [ClusterCommand] {
+        defer { commands = [] }
+        return commands
+    }
+
+    /// Whether every node of the job has finished or was lost (the leader waits for that).
+    var allEnded: Bool { leader?.allEnded ?? true }
+
+    var nextDeadline: Instant {
+        var earliest = Instant.seconds(Double(Int32.max))
+        func consider(_ instant: Instant?) {
+            if let instant, instant < earliest { earliest = instant }
+        }
+        if outcome == .gathering && !isLeader && leaderToken == nil { consider(nextConnectAttempt) }
+        consider(leader?.nextDeadline)
+        for connection in connections.values {
+            consider(connection.lastSent + heartbeatInterval)
+            consider(connection.lastHeard + (connection.isEstablished ? settings.heartbeatTimeout : Self.handshakeTimeout))
+        }
+        return earliest
+    }
+
+    var hasQueued: Bool { connections.values.contains(where: \.hasQueued) }
+
+    // MARK: - Input
+
+    func handle(token: UInt64, now: Instant) {
+        clockNow = now
+        if token == Self.listenerToken {
+            acceptConnections(now: now)
+            return
+        }
+        guard let connection = connections[token] else { return }
+        switch connection.read(now: now) {
+        case .payloads(let payloads):
+            for payload in payloads { receive(payload, on: token, now: now) }
+        case .closed(let reason):
+            drop(token, reason: reason, now: now)
+        }
+    }
+
+    private func acceptConnections(now: Instant) {
+        for _ in 0..<16 {
+            guard let (fd, peer) = ClusterSocket.accept(listener) else { return }
+            if connections.values.filter({ $0.node == nil }).count >= Self.maximumUnproven {
+                warnOnce("flood", "warning: leader: more than \(Self.maximumUnproven) connections are proving themselves at once; refusing more (from \(peer) first)")
+                closeDescriptor(fd)
+                continue
+            }
+            add(ClusterConnection(fd: fd, peer: peer, role: .leader, secret: settings.secret, now: now))
+        }
+    }
+
+    @discardableResult
+    private func add(_ connection: ClusterConnection) -> UInt64? {
+        nextConnectionID += 1
+        let token = Self.connectionTokenBit | nextConnectionID
+        do {
+            try loop.register(connection.fd, token: token)
+        } catch {
+            connection.close()
+            return nil
+        }
+        connections[token] = connection
+        return token
+    }
+
+    private func receive(_ payload: [UInt8], on token: UInt64, now: Instant) {
+        guard let connection = connections[token] else { return }
+        if isLeader {
+            let message: ClusterNodeMessage
+            do {
+                message = try ClusterCoding.decodeNodeMessage(payload)
+            } catch {
+                warnOnce("malformed", "warning: leader: an authenticated message from \(connection.peer) is malformed (\(error)); ignored")
+                return
+            }
+            if let node = connection.node {
+                perform(leader!.received(message, from: node, now: now))
+            } else if case .join(let join) = message {
+                let actions = leader!.joined(join, now: now)
+                if leader!.joins[join.node] == join, tokenByNode[join.node] == nil {
+                    connection.node = join.node
+                    tokenByNode[join.node] = token
+                } else if case .abort(let reason)? = actions.last {
+                    connection.send(ClusterCoding.encode(.refused(reason)), now: now)
+                    connection.drain(milliseconds: 500)
+                } else if leader!.phase == .running {
+                    connection.send(ClusterCoding.encode(.refused("the job was launched without node \(join.node) (\(join.host)); it cannot join now")), now: now)
+                }
+                perform(actions)
+            } else {
+                warnOnce("nojoin", "warning: leader: \(connection.peer) sent \(message) before joining; dropped")
+                drop(token, reason: "no join", now: now)
+            }
+        } else {
+            let command: ClusterCommand
+            do {
+                command = try ClusterCoding.decodeCommand(payload)
+            } catch {
+                warnOnce("malformed", "warning: an authenticated message from the leader is malformed (\(error)); ignored")
+                return
+            }
+            switch command {
+            case .launch(let world, let record):
+                if outcome == .gathering { outcome = .launched(world, record: record) }
+            case .refused(let reason):
+                if outcome == .gathering { outcome = .refused(reason) }
+            case .ping:
+                break
+            default:
+                commands.append(command)
+            }
+        }
+    }
+
+    private func drop(_ token: UInt64, reason: String, now: Instant) {
+        guard let connection = connections.removeValue(forKey: token) else { return }
+        loop.unregister(connection.fd)
+        connection.close()
+        if isLeader {
+            if let node = connection.node {
+                tokenByNode[node] = nil
+                perform(leader!.lost(node: node, reason: reason, now: now))
+            } else {
+                warnOnce("unproven:\(reason)", "warning: leader: dropped a connection from \(connection.peer) that did not prove it holds the job's token (\(reason))")
+            }
+            return
+        }
+        leaderToken = nil
+        switch outcome {
+        case .gathering:
+            if reason == "\(LinkRejection.wrongSecret)" {
+                outcome = .refused("the leader at \(settings.rendezvousHost):\(settings.rendezvousPort) does not hold this node's job token (GRACEFUL_JOB_TOKEN or --token-file)")
+            }
+        case .launched:
+            if !leaderLost {
+                leaderLost = true
+                commands.append(.nodeFailed("the leader (node 0) is gone: \(reason)"))
+            }
+        case .refused:
+            break
+        }
+    }
+
+    // MARK: - Output
+
+    /// Says `message` to the leader (on node 0: to itself).
+    func tell(_ message: ClusterNodeMessage, now: Instant) {
+        clockNow = now
+        if leader != nil {
+            perform(leader!.received(message, from: 0, now: now))
+            return
+        }
+        guard let token = leaderToken, let connection = connections[token] else { return }
+        if !connection.send(ClusterCoding.encode(message), now: now) { drop(token, reason: "its connection broke", now: now) }
+    }
+
+    private func perform(_ actions: [ClusterLeader.Action]) {
+        for action in actions {
+            switch action {
+            case .send(0, let command):
+                commands.append(command)
+            case .send(let node, let command):
+                guard let token = tokenByNode[node], let connection = connections[token] else { continue }
+                if !connection.send(ClusterCoding.encode(command), now: clockNow) {
+                    drop(token, reason: "stopped reading (its connection broke or its queue overflowed)", now: clockNow)
+                }
+            case .commit(let round, let step, let paths, let trigger):
+                switch writeRecord?(step, paths, trigger) ?? .failure(CommitFailure(reason: "no writer")) {
+                case .success(let record): perform(leader!.commitWritten(round: round, record: record, now: clockNow))
+                case .failure(let failure): perform(leader!.commitFailed(round: round, reason: failure.reason, now: clockNow))
+                }
+            case .abort(let reason):
+                outcome = .refused(reason)
+            case .report(let line):
+                report("\(line)")
+            }
+        }
+        if isLeader, outcome == .gathering, leader!.phase == .running, case .launch(let world, let record)? = commands.first {
+            commands.removeFirst()
+            outcome = .launched(world, record: record)
+        }
+    }
+
+    /// The time of the input being handled: actions performed for it carry it.
+    private var clockNow = Instant.seconds(0)
+
+    // MARK: - Time
+
+    func tick(now: Instant) {
+        clockNow = now
+        if !isLeader, outcome == .gathering, leaderToken == nil, now >= nextConnectAttempt { connectToLeader(now: now) }
+        if leader != nil { perform(leader!.tick(now: now)) }
+        for (token, connection) in connections {
+            if connection.isEstablished && (connection.node != nil || !isLeader) && now >= connection.lastSent + heartbeatInterval {
+                let ping = isLeader ? ClusterCoding.encode(ClusterCommand.ping) : ClusterCoding.encode(ClusterNodeMessage.ping)
+                if !connection.send(ping, now: now) {
+                    drop(token, reason: "its connection broke", now: now)
+                    continue
+                }
+            }
+            if !connection.flush() {
+                drop(token, reason: "its connection broke", now: now)
+                continue
+            }
+            if connection.isEstablished && (connection.node != nil || !isLeader) {
+                if now.seconds(since: connection.lastHeard) >= settings.heartbeatTimeout {
+                    drop(token, reason: "sent nothing for \(format(settings.heartbeatTimeout))s (--heartbeat-timeout)", now: now)
+                }
+            } else if isLeader && connection.node == nil && now.seconds(since: connection.openedAt) >= Self.handshakeTimeout {
+                drop(token, reason: "it did not complete the handshake within \(format(Self.handshakeTimeout))s", now: now)
+            }
+        }
+        if !isLeader, outcome == .gathering, now >= rendezvousDeadline {
+            outcome = .refused("no launch from the leader at \(settings.rendezvousHost):\(settings.rendezvousPort) within \(format(settings.rendezvousTimeout))s (--rdzv-timeout)")
+        }
+    }
+
+    private func connectToLeader(now: Instant) {
+        do {
+            let fd = try ClusterSocket.connect(host: settings.rendezvousHost, port: settings.rendezvousPort, timeoutMilliseconds: 1000)
+            let connection = ClusterConnection(fd: fd, peer: "\(settings.rendezvousHost):\(settings.rendezvousPort)", role: .follower, secret: settings.secret, now: now)
+            guard let token = add(connection) else { return }
+            leaderToken = token
+            connection.send(ClusterCoding.encode(.join(join)), now: now)
+            connectBackoff = 0.1
+        } catch {
+            warnOnce("connect", "waiting for the leader at \(settings.rendezvousHost):\(settings.rendezvousPort) (\(error)); retrying until --rdzv-timeout")
+            nextConnectAttempt = now + connectBackoff
+            connectBackoff = min(2, connectBackoff * 2)
+        }
+    }
+
+    /// Sends what is queued, waiting up to `milliseconds` (the last words before exiting).
+    func drain(milliseconds: Int32) {
+        for connection in connections.values { connection.drain(milliseconds: milliseconds) }
+    }
+
+    func close() {
+        for connection in connections.values {
+            loop.unregister(connection.fd)
+            connection.close()
+        }
+        connections = [:]
+        if listener >= 0 {
+            loop.unregister(listener)
+            closeDescriptor(listener)
+            listener = -1
+        }
+    }
+
+    private func warnOnce(_ kind: String, _ line: String) {
+        if warned.insert(kind).inserted { report(line) }
+    }
+}
