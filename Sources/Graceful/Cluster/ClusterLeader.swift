@@ -179,7 +179,7 @@ public struct ClusterLeader: Sendable {
             return []
         case .running:
             guard living.remove(node) != nil else { return [] }
-            return failJob("node \(node) (\(joins[node]?.host ?? "?")) \(reason)", except: node)
+            return failJob("node \(node) (\(joins[node]?.host ?? "?")) is gone: \(reason)", except: node)
         }
     }
 

@@ -1,11 +1,12 @@
 /// The per-rank table printed when a run ends.
 public enum RunSummary {
     /// One line per rank plus a header, aligned in columns.
-    public static func table(ranks: [RankRecord], pids: [Int32]) -> [String] {
+    /// `firstRank`: the global rank of the first row (a node of a multi-node job shows its own).
+    public static func table(ranks: [RankRecord], pids: [Int32], firstRank: Int = 0) -> [String] {
         var rows = [["rank", "pid", "ended", "confirmed", "checkpoint", "note"]]
         for (index, rank) in ranks.enumerated() {
             rows.append([
-                String(index),
+                String(firstRank + index),
                 index < pids.count ? String(pids[index]) : "-",
                 rank.exit.map(describe) ?? "running",
                 rank.confirmation.map { String($0.step) } ?? (rank.speaksProtocol ? nothing : plain),

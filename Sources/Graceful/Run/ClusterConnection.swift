@@ -120,6 +120,7 @@ final class ClusterConnection {
             early.append(payload)
             return true
         case .established(let reader, var writer):
+            guard payload.count <= LinkFrameReader.maximumPayload else { return false }
             let frame = writer.seal(payload)
             state = .established(reader: reader, writer: writer)
             return enqueue(frame)

@@ -45,7 +45,7 @@ public struct RunConfiguration: Equatable, Sendable {
 
     /// Where rank `rank`'s log goes, given the run directory in use.
     public func rankLogPath(_ rank: Int, runDirectory: String) -> String {
-        rankLogPaths?[rank] ?? "\(runDirectory)/rank_\(rank).log"
+        rankLogPaths?[rank] ?? "\(runDirectory)/rank_\((cluster?.nodeRank ?? 0) * ranks + rank).log"
     }
 
     /// A short name for the job a command runs: the script's name without `.py` for an interpreter

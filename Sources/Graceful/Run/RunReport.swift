@@ -14,27 +14,29 @@ struct RunReport {
     var droppedConsoleLines = 0
     /// Where each rank's log is, when not `<run dir>/rank_N.log` (msrun's `worker_N.log`).
     var rankLogPaths: [String]?
+    /// The global rank of local rank 0 (a node of a multi-node job); 0 on one node.
+    var firstRank = 0
 
     private func logPath(_ rank: Int) -> String {
-        rankLogPaths?[rank] ?? "\(runDirectory)/rank_\(rank).log"
+        rankLogPaths?[rank] ?? "\(runDirectory)/rank_\(firstRank + rank).log"
     }
 
     var lines: [String] {
         var lines: [String] = []
         if let (failure, tail) = failure, exitCode == ExitCode.rankFailed {
             if tail.isEmpty {
-                lines.append("rank \(failure.rank) failed first (\(failure.status)); \(logPath(failure.rank)) is empty")
+                lines.append("rank \(firstRank + failure.rank) failed first (\(failure.status)); \(logPath(failure.rank)) is empty")
             } else {
-                lines.append("rank \(failure.rank) failed first (\(failure.status)); last lines of \(logPath(failure.rank)):")
+                lines.append("rank \(firstRank + failure.rank) failed first (\(failure.status)); last lines of \(logPath(failure.rank)):")
                 lines += tail.map { "  | \($0)" }
             }
         }
         for (index, attempt) in attempts.enumerated() {
             var title = attempts.count > 1 ? "attempt \(attempt.restart + 1) (of at most \(maximumAttempts))" : "summary"
-            if let failure = attempt.failure { title += ": rank \(failure.rank) failed first (\(failure.status))" }
+            if let failure = attempt.failure { title += ": rank \(firstRank + failure.rank) failed first (\(failure.status))" }
             lines.append(title + ":")
             let attemptPIDs = index == attempts.count - 1 ? pids : []
-            lines += RunSummary.table(ranks: attempt.ranks, pids: attemptPIDs).map { "  " + $0 }
+            lines += RunSummary.table(ranks: attempt.ranks, pids: attemptPIDs, firstRank: firstRank).map { "  " + $0 }
         }
         if droppedConsoleLines > 0 {
             lines.append("\(droppedConsoleLines) line(s) of rank output were dropped from the console (it did not keep up); \(rankLogPaths == nil ? "\(runDirectory)/rank_N.log has" : "the worker logs have") them all")

@@ -495,7 +495,9 @@ public final class Supervisor {
                     environment: environment.variables(rank: rank, inherited: inherited),
                     doorbellFD: doorbell?.fd, openFilesLimit: preflight.rankOpenFilesLimit)
                 processGuard.watch(rank: process)
-                let io = RankIO(process: process, log: logFDs[rank], showsOnConsole: configuration.consoleRanks?.contains(rank) ?? true)
+                let io = RankIO(
+                    process: process, log: logFDs[rank], label: "rank\(globalRank(rank))",
+                    showsOnConsole: configuration.consoleRanks?.contains(rank) ?? true)
                 ranks.append(io)
                 rankByPID[process.pid] = rank
                 try loop.register(process.channelFD, token: Token.channel(rank))
@@ -774,18 +776,22 @@ public final class Supervisor {
         let report = RunReport(
             attempts: coordinator.attempts, maximumAttempts: configuration.policy.maxRestarts + 1, failure: failure, pids: ranks.map(\.process.pid),
             runDirectory: preflight.runDirectory, exitCode: code, droppedConsoleLines: console.droppedLines,
-            rankLogPaths: configuration.rankLogPaths)
+            rankLogPaths: configuration.rankLogPaths, firstRank: globalRank(0))
         let lines = report.lines
         lines.dropLast().forEach(console.report)
         if controlFileAskedToStop { resetControlFile() }
         if code == ExitCode.success && coordinator.stopTrigger == nil { markCompleted() }
         if let failure = auxiliary?.lifecycle.failure, code == ExitCode.rankFailed, coordinator.firstFailure == nil {
             console.report("exit 1: \(failure)")
+        } else if let elsewhere = coordinator.failedElsewhere, code == ExitCode.rankFailed, coordinator.firstFailure == nil {
+            console.report("exit 1: \(elsewhere)")
         } else {
             lines.last.map(console.report)
         }
         for io in ranks { io.close(loop: loop) }
         auxiliary?.close(loop: loop)
+        // The leader must hear how this node ended before it goes.
+        session?.drain(milliseconds: 1000)
         if let doorbell {
             munmap(doorbell.page, Int(GRACEFUL_DOORBELL_SIZE))
             closeDescriptor(doorbell.fd)

@@ -200,7 +200,7 @@ import Testing
         #expect(LinkRejection.wrongSecret.description == "the peer's proof did not verify (a different job token)")
         #expect(LinkRejection.outOfSequence(expected: 3, got: 2).description
             == "frame 2 arrived where frame 3 was due (replayed, lost or reordered)")
-        #expect(LinkRejection.oversized(70000).description == "a frame announced 70000 bytes, more than the 65536 allowed")
+        #expect(LinkRejection.oversized(5_000_000).description == "a frame announced 5000000 bytes, more than the 4194304 allowed")
         #expect(LinkRejection.malformed("after the handshake").description == "malformed link data (after the handshake)")
     }
 }

@@ -37,12 +37,13 @@ public struct LinkFrameWriter: Sendable {
 /// Opens the frames of one direction of a link, from bytes in any split.
 ///
 /// Memory is bounded: once `next()` has returned `.needMore`, what is kept is less than one maximal
-/// frame (`LinkFrame.maximumLength`, 64 KiB and 44 bytes), so with `next()` drained after each
+/// frame (`LinkFrame.maximumLength`, 4 MiB and 44 bytes), so with `next()` drained after each
 /// `append`, the reader never holds more than one maximal frame plus what arrived in the last append
 /// (the caller reads at most 64 KiB per wakeup). After a rejection it holds nothing. A length over
 /// `maximumPayload` is refused from the header alone, without waiting for the payload.
 public struct LinkFrameReader: Sendable {
-    public static let maximumPayload = 65536
+    /// Room for the commit record of a large job (each node gets the whole record).
+    public static let maximumPayload = 4 << 20
 
     public enum Next: Equatable, Sendable {
         case payload([UInt8])
