@@ -76,11 +76,25 @@ public enum CommandLineInterface {
                                   SIGUSR2 asks for one at once. (default: never)
           --master-addr <addr>    MASTER_ADDR for the ranks. (default: 127.0.0.1)
                                   Also --master_addr.
-          --master-port <port>    MASTER_PORT for the ranks. (default: a free port)
-                                  Also --master_port.
+          --master-port <port>    MASTER_PORT for the ranks. (default: a free port; 29500 with
+                                  several nodes) Also --master_port.
           --run-id <id>           The run id (GRACEFUL_RUN_ID, TORCHELASTIC_RUN_ID).
                                   (default: random) Also --rdzv-id, --rdzv_id.
           --no-python             Run a .py command as it is, not under Python. Also --no_python.
+
+        SEVERAL NODES (one graceful run per node; README, "Several nodes"):
+          --nnodes <n>            Nodes in the job. (default: 1, or SLURM_NNODES in a Slurm step)
+          --node-rank <n>         This node's rank; node 0 leads. (default: 0, or SLURM_NODEID)
+                                  Also --node_rank.
+          --rdzv-endpoint <host:port>
+                                  Where the leader listens and the others connect. (default:
+                                  --master-addr, port --master-port + 1) Also --rdzv_endpoint.
+          --rdzv-timeout <seconds>
+                                  How long every node waits for all to join. (default: 600)
+          --heartbeat-timeout <seconds>
+                                  Silence after which a node counts as lost. (default: 5)
+          --token-file <path>     The job's secret, the same on every node. (default: the
+                                  GRACEFUL_JOB_TOKEN variable; at least 16 bytes)
           -h, --help              Show help information.
 
         Numbers are plain decimal: counts and ports are whole numbers (4), seconds may have a
@@ -93,6 +107,7 @@ public enum CommandLineInterface {
           64   usage error            65   unusable last_checkpoint.json
           71   system error           73   run directory not writable
           75   the control file already requests an exit: nothing launched
+          78   several nodes did not all join, or disagree: nothing launched
           126  command not executable 127  command not found
           128+N  a stop that committed nothing was forced by signal N (130: Ctrl+C)
 

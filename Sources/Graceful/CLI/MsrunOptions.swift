@@ -22,8 +22,8 @@ public enum MsrunOptions {
         USAGE: graceful msrun [<options>] <task_script> [<task_script_args> ...]
 
         MSRUN'S OPTIONS (--opt value or --opt=value):
-          --worker_num <n>          Workers in the whole job; must equal --local_worker_num.
-                                    (default: 8)
+          --worker_num <n>          Workers in the whole job; a multiple of --local_worker_num:
+                                    one graceful msrun per node. (default: 8)
           --local_worker_num <n>    Workers on this node. (default: 8)
           --master_addr <addr>      MS_SCHED_HOST. (default: 127.0.0.1)
           --master_port <port>      MS_SCHED_PORT. (default: a free port; msrun's is 8118)
@@ -33,7 +33,9 @@ public enum MsrunOptions {
           --worker_log_name <name>  Worker logs are <name>_N.log; {hostname} and {ip} (this
                                     machine's address toward --master_addr) are replaced.
           --cluster_time_out <s>    MS_TOPO_TIMEOUT for every process. (default: 600)
-          --node_rank <n>           Accepted; one node, so ignored (as msrun does).
+          --node_rank <n>           This node's rank, needed on every node of several; node 0
+                                    (at --master_addr) leads and runs the scheduler. One node:
+                                    ignored, as msrun does. (default: -1)
           --join <True|False>       Accepted; graceful always waits for the job.
           --tail_worker_log <list>  The workers whose output the console shows, prefixed, as
                                     0,1,...; -1: all. Every log keeps everything. (default: -1)
@@ -47,6 +49,9 @@ public enum MsrunOptions {
                                     From the last worker's end to SIGTERM of the scheduler.
                                     (default: 60)
           --control-file <path>     (default: graceful_exit.json)
+          --rdzv-timeout <seconds>, --heartbeat-timeout <seconds>, --token-file <path>
+                                    Several nodes: as in 'graceful run --help'. The nodes meet
+                                    at --master_addr, port --master_port + 1.
           -h, --help                Show help information.
 
         A script is run as 'python <task_script>', as msrun does; a task_script of python,
@@ -67,6 +72,8 @@ public enum MsrunOptions {
         var schedulerTimeout = defaultSchedulerTimeout
         /// nil: every worker (msrun's -1).
         var tailedWorkers: Set<Int>?
+        /// msrun's -1: the scheduler numbers the nodes, which graceful does not.
+        var nodeRank = -1
         var index = 0
         while index < arguments.count {
             var argument = arguments[index]
@@ -102,7 +109,7 @@ public enum MsrunOptions {
             case "--master_port":
                 configuration.masterPort = try integer(try takeValue(), name: name, minimum: 1, maximum: 65535)
             case "--node_rank":
-                _ = try integer(try takeValue(), name: name)
+                nodeRank = try integer(try takeValue(), name: name, minimum: -1)
             case "--log_dir":
                 logDirectory = try takeValue()
             case "--worker_log_name":
@@ -137,6 +144,12 @@ public enum MsrunOptions {
                 configuration.policy.killAfter = try seconds(try takeValue(), name: name)
             case "--scheduler-timeout":
                 schedulerTimeout = try seconds(try takeValue(), name: name)
+            case "--rdzv-timeout":
+                configuration.nodes.rendezvousTimeout = try seconds(try takeValue(), name: name)
+            case "--heartbeat-timeout":
+                configuration.nodes.heartbeatTimeout = try seconds(try takeValue(), name: name)
+            case "--token-file":
+                configuration.nodes.token = .file(try takeValue())
             case "--control-file":
                 let path = try takeValue()
                 guard !path.isEmpty, !path.hasSuffix("/") else { throw usage("'\(name)' takes a file path, not '\(path)'") }
@@ -150,7 +163,14 @@ public enum MsrunOptions {
             throw usage("missing the task script, e.g. 'graceful msrun --worker_num=2 --local_worker_num=2 train.py'")
         }
         if workerNumber > localWorkerNumber {
-            throw usage("--worker_num \(workerNumber) is more than --local_worker_num \(localWorkerNumber): several nodes are not supported yet (issue 'Several nodes')")
+            guard workerNumber % localWorkerNumber == 0 else {
+                throw usage("--worker_num \(workerNumber) is not a multiple of --local_worker_num \(localWorkerNumber): graceful runs the same number of workers on every node")
+            }
+            guard nodeRank >= 0 else {
+                throw usage("--worker_num \(workerNumber) on nodes of \(localWorkerNumber) worker(s) needs --node_rank on every node (0 on the node at --master_addr): graceful numbers no node itself")
+            }
+            configuration.nodes.nodeCount = workerNumber / localWorkerNumber
+            configuration.nodes.nodeRank = nodeRank
         }
         if localWorkerNumber > workerNumber {
             throw usage("Total worker number is \(workerNumber), but got exceeded local worker number: \(localWorkerNumber).")
@@ -169,11 +189,19 @@ public enum MsrunOptions {
             }
             logName = logName.replacing("{ip}", with: address)
         }
-        configuration.rankLogPaths = (0..<localWorkerNumber).map { join(logDirectory, "\(logName)_\($0).log") }
+        // Named by rank id, as msrun names them: node K's first worker is K * local_worker_num.
+        let firstWorker = workerNumber > localWorkerNumber ? nodeRank * localWorkerNumber : 0
+        configuration.rankLogPaths = (0..<localWorkerNumber).map { join(logDirectory, "\(logName)_\(firstWorker + $0).log") }
         configuration.extraEnvironment = ["MS_TOPO_TIMEOUT": String(clusterTimeOut)]
         configuration.consoleRanks = tailedWorkers
-        configuration.auxiliary = AuxiliaryConfiguration(
-            name: "scheduler", logPath: join(logDirectory, "scheduler.log"), exitDeadline: schedulerTimeout)
+        // The scheduler runs on the node at --master_addr: node 0.
+        if configuration.nodes.nodeRank == 0 {
+            configuration.auxiliary = AuxiliaryConfiguration(
+                name: "scheduler", logPath: join(logDirectory, "scheduler.log"), exitDeadline: schedulerTimeout)
+        }
+        if configuration.cluster != nil && configuration.masterPort == nil { configuration.masterPort = 8118 }
+        try CommandLineInterface.settleNodes(&configuration, host: .current, hint: hint)
+        if configuration.cluster != nil, !logDirectory.isEmpty { configuration.runDirectory = logDirectory + "/node\(configuration.nodes.nodeRank)" }
         return .run(configuration)
     }
 

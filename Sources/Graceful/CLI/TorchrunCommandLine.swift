@@ -28,8 +28,9 @@ enum TorchrunCommandLine {
           --nproc-per-node <n>    Ranks to launch: a number, cpu (the processors), gpu (the NVIDIA
                                   GPUs, refused without one), or auto (the GPUs, else the
                                   processors). (default: 1)
-          --nnodes <n>            1 or 1:1; several nodes are not supported yet.
-          --node-rank <n>         0.
+          --nnodes <n>            Nodes in the job, one graceful per node; N:N is N (an
+                                  elastic MIN:MAX is refused). (default: 1)
+          --node-rank <n>         This node's rank; node 0 leads. (default: 0)
           --max-restarts <n>      Restart the whole gang from the last commit after a failure, up
                                   to n times. (default: 0)
           --rdzv-id <id>          The run id (TORCHELASTIC_RUN_ID, GRACEFUL_RUN_ID), unless
@@ -88,7 +89,8 @@ enum TorchrunCommandLine {
 
         OPTIONS (graceful's own):
           --grace <seconds>, --kill-after <seconds>, --checkpoint-every <seconds>,
-          --control-file <path>, --restart-backoff <seconds>, --run-dir <dir>, --run-id <id>
+          --control-file <path>, --restart-backoff <seconds>, --run-dir <dir>, --run-id <id>,
+          --rdzv-timeout <seconds>, --heartbeat-timeout <seconds>, --token-file <path>
                                   As in 'graceful run --help'; --run-dir and --run-id win over
                                   --log-dir and --rdzv-id.
           -h, --help              Show help information.
@@ -141,7 +143,8 @@ enum TorchrunCommandLine {
     private static let gracefulOptions: [String: CommandLineInterface.Option] = [
         "--grace": .grace, "--kill-after": .killAfter, "--checkpoint-every": .checkpointEvery,
         "--control-file": .controlFile, "--restart-backoff": .restartBackoff, "--run-dir": .runDirectory,
-        "--run-id": .runID,
+        "--run-id": .runID, "--rdzv-timeout": .rendezvousTimeout, "--heartbeat-timeout": .heartbeatTimeout,
+        "--token-file": .tokenFile,
     ]
 
     /// An option's value and where it came from: the spelling used, or the `PET_` variable.
@@ -214,9 +217,11 @@ enum TorchrunCommandLine {
         for (option, value) in gracefulGiven {
             try CommandLineInterface.apply(option, name: value.source, value: value.value, to: &configuration, hint: usageHint)
         }
+        try CommandLineInterface.settleNodes(&configuration, host: host, hint: usageHint)
         if configuration.runDirectory == nil, let logDirectory = given[.logDir] {
             guard !logDirectory.value.isEmpty else { throw usage("'\(logDirectory.source)' takes a directory, not an empty string") }
             configuration.runDirectory = logDirectory.value + "/" + RunConfiguration.jobName(of: configuration.command)
+                + (configuration.cluster.map { "/node\($0.nodeRank)" } ?? "")
         }
         return .run(configuration)
     }
@@ -298,11 +303,14 @@ enum TorchrunCommandLine {
                 guard (1...2).contains(bounds.count), bounds.allSatisfy({ !$0.isEmpty && CommandLineInterface.isDigits($0) }) else {
                     throw usage("\(source): \"\(value)\" is not a number of nodes or MIN:MAX")
                 }
-                guard bounds.allSatisfy({ Int($0) == 1 }) else { throw severalNodes(source, value) }
-            case .nodeRank:
-                guard try CommandLineInterface.wholeNumber(value, name: source, of: "a node rank", in: 0...Int.max, hint: usageHint) == 0 else {
-                    throw severalNodes(source, value)
+                guard bounds.count == 1 || bounds[0] == bounds[1] else {
+                    throw usage("\(source): \"\(value)\": an elastic number of nodes is not supported; give one number")
                 }
+                let count = try CommandLineInterface.wholeNumber(String(bounds[0]), name: source, of: "a number of nodes", in: 1...65536, hint: usageHint)
+                if count > 1 && standalone { throw usage("\(source): \"\(value)\": --standalone is one node") }
+                configuration.nodes.nodeCount = count
+            case .nodeRank:
+                try CommandLineInterface.apply(.nodeRank, name: source, value: value, to: &configuration, hint: usageHint)
             case .nprocPerNode:
                 configuration.ranks = try ranks(source, value, host: host)
             case .maxRestarts:
@@ -360,6 +368,16 @@ enum TorchrunCommandLine {
             configuration.masterAddress = host
             configuration.masterPort = port
         }
+        // Several nodes: the static rendezvous is at the master's port + 1 (the framework binds the
+        // master port itself); another backend's endpoint is graceful's rendezvous, and the
+        // framework gets its port + 1 on the endpoint's host, as torchrun picks a port there.
+        if configuration.nodes.nodeCount > 1, !isStatic, let endpoint = given[.rdzvEndpoint],
+           let (host, port) = try staticEndpoint(endpoint.source, endpoint.value) {
+            configuration.nodes.rendezvousHost = host
+            configuration.nodes.rendezvousPort = port
+            configuration.masterAddress = host
+            configuration.masterPort = port == 65535 ? port - 1 : port + 1
+        }
     }
 
     /// `--nproc-per-node`: a number, or what torchrun counts for `cpu`, `gpu` and `auto`.
@@ -404,10 +422,6 @@ enum TorchrunCommandLine {
             let parts = pair.split(separator: ":", omittingEmptySubsequences: false)
             return parts.count == 2 && !parts[0].isEmpty && CommandLineInterface.isDigits(parts[0]) && isStream(parts[1])
         }
-    }
-
-    private static func severalNodes(_ source: String, _ value: String) -> CommandLineInterface.UsageError {
-        usage("\(source): \"\(value)\": several nodes are not supported yet (issue 'Several nodes')")
     }
 
     private static func usage(_ message: String) -> CommandLineInterface.UsageError {
