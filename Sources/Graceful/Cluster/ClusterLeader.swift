@@ -186,7 +186,14 @@ public struct ClusterLeader: Sendable {
     // MARK: - Messages
 
     public mutating func received(_ message: ClusterNodeMessage, from node: Int, now: Instant) -> [Action] {
-        guard phase == .running, living.contains(node) else { return [] }
+        guard phase == .running else { return [] }
+        guard living.contains(node) else {
+            // A node whose ranks ended may still ask for the others' stop (the leader's own operator).
+            if case .trigger(let trigger) = message, joins[node] != nil, !living.isEmpty {
+                return receiveTrigger(trigger, from: node, now: now)
+            }
+            return []
+        }
         switch message {
         case .join:
             return [.report(.lateJoin(node: node, host: joins[node]?.host ?? "?"))]
