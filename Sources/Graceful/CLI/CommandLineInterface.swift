@@ -174,6 +174,7 @@ public enum CommandLineInterface {
     private static func parseRun(_ arguments: [String], host: Host) throws(UsageError) -> Invocation {
         var configuration = RunConfiguration(command: [])
         var runsScriptsUnderPython = true
+        var given: Set<Option> = []
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -212,6 +213,7 @@ public enum CommandLineInterface {
                 value = arguments[index]
             }
             try apply(option, name: name, value: value!, to: &configuration)
+            given.insert(option)
             index += 1
         }
         guard let program = configuration.command.first, !program.isEmpty else {
@@ -222,6 +224,7 @@ public enum CommandLineInterface {
         if runsScriptsUnderPython, program.hasSuffix(".py") {
             configuration.command = [host.python, "-u"] + configuration.command
         }
+        try fitSlurm(&configuration, host: host, given: given)
         try settleNodes(&configuration, host: host)
         return .run(configuration)
     }
@@ -302,6 +305,40 @@ public enum CommandLineInterface {
         }
         return (host, port)
     }
+
+    /// Inside a Slurm job step, what the options leave out comes from Slurm: the node count, this
+    /// node's rank, the leader (the first host of the step's node list), a master port of the job's
+    /// own (two jobs on one node must not share one), and a grace that ends before the cluster's
+    /// KillWait, after which Slurm SIGKILLs every task.
+    static func fitSlurm(_ configuration: inout RunConfiguration, host: Host, given: Set<Option>) throws(UsageError) {
+        let allocation: SlurmAllocation?
+        do {
+            allocation = try SlurmAllocation.from(environment: host.environment)
+        } catch {
+            throw UsageError(message: "inside a Slurm job, \(error) (\(runUsageHint))")
+        }
+        guard let allocation else { return }
+        if !given.contains(.nodeCount) && !given.contains(.nodeRank) && allocation.nodeCount > 1 {
+            if let problem = SlurmAllocation.launchProblem(environment: host.environment) {
+                throw UsageError(message: "\(problem) (\(runUsageHint))")
+            }
+            configuration.nodes.nodeCount = allocation.nodeCount
+            configuration.nodes.nodeRank = allocation.nodeRank
+            if !given.contains(.masterAddress) { configuration.masterAddress = allocation.leaderHost }
+            if !given.contains(.masterPort), let job = Int(allocation.jobID) {
+                configuration.masterPort = slurmMasterPort(jobID: job)
+            }
+        }
+        guard !given.contains(.grace) || !given.contains(.killAfter), let killWait = host.slurmKillWait() else { return }
+        var policy = configuration.policy
+        // Slurm's SIGKILL comes KillWait after its SIGTERM: the whole teardown must fit before it.
+        if !given.contains(.killAfter) { policy.killAfter = min(policy.killAfter, max(0.5, killWait / 6)) }
+        if !given.contains(.grace) { policy.grace = min(policy.grace, max(0.5, killWait - policy.killAfter - max(1, killWait / 6))) }
+        configuration.policy = policy
+    }
+
+    /// 29500 for job 0, then two ports per job (the master's and the rendezvous'), in 29500...49499.
+    static func slurmMasterPort(jobID: Int) -> Int { 29500 + (jobID % 10000) * 2 }
 
     /// A multi-node job needs its nodes' options to agree with each other and a secret; one node is
     /// a plain run.

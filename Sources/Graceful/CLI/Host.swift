@@ -10,6 +10,8 @@ extension CommandLineInterface {
         var processors: Int
         /// NVIDIA GPUs the kernel driver exposes (`/dev/nvidia0`, `/dev/nvidia1`, ...).
         var nvidiaDevices: Int
+        /// The Slurm cluster's KillWait in seconds, asked only inside a Slurm job.
+        var slurmKillWait: @Sendable () -> Double? = { nil }
 
         /// The interpreter of Python scripts: `PYTHON_EXEC` as torchrun honours it, else `python3`
         /// from PATH. torchrun's own default is the interpreter torchrun runs in, which graceful has
@@ -33,7 +35,9 @@ extension CommandLineInterface {
             for variable in RankEnvironment.processEnvironment() {
                 environment[variable.name] = String(decoding: variable.value, as: UTF8.self)
             }
-            return Host(environment: environment, processors: max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))), nvidiaDevices: countNVIDIADevices())
+            return Host(
+                environment: environment, processors: max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))), nvidiaDevices: countNVIDIADevices(),
+                slurmKillWait: { SlurmKillWait.read() })
         }
 
         private static func countNVIDIADevices() -> Int {
