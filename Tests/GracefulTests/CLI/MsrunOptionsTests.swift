@@ -98,7 +98,8 @@ import Testing
     }
 
     @Test(arguments: [
-        (["--worker_num=8", "--local_worker_num=4", "train.py"], "several nodes are not supported yet (issue 'Several nodes')"),
+        (["--worker_num=8", "--local_worker_num=4", "train.py"], "needs --node_rank on every node"),
+        (["--worker_num=6", "--local_worker_num=4", "--node_rank=0", "train.py"], "is not a multiple of --local_worker_num 4"),
         (["--worker_num=2", "train.py"], "Total worker number is 2, but got exceeded local worker number: 8."),
         (["--bind_core=True", "train.py"], "binding workers to cores or NUMA nodes is not supported"),
         (["--sim_level=1", "train.py"], "simulation (dry run) is not supported"),

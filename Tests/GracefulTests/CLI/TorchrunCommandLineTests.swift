@@ -108,9 +108,10 @@ import Testing
     }
 
     @Test(arguments: [
-        (["--nnodes", "2", "t.py"], "several nodes are not supported yet (issue 'Several nodes')"),
-        (["--nnodes=1:4", "t.py"], "several nodes are not supported yet"),
-        (["--node-rank", "1", "t.py"], "several nodes are not supported yet"),
+        (["--nnodes", "2", "t.py"], "--nnodes 2 needs the job's secret on every node: export GRACEFUL_JOB_TOKEN="),
+        (["--nnodes=1:4", "t.py"], "an elastic number of nodes is not supported"),
+        (["--node-rank", "1", "t.py"], "--node-rank 1 needs --nnodes above it"),
+        (["--nnodes", "2", "--standalone", "t.py"], "--standalone is one node"),
         (["--numa-binding", "node", "t.py"], "graceful binds no rank to NUMA nodes"),
         (["--logs-specs", "mine", "t.py"], "loads no torchrun plugin"),
         (["--virtual-local-rank", "t.py"], "LOCAL_RANK is each rank's number"),
@@ -151,7 +152,7 @@ import Testing
         let kubeflow = CommandLineInterface.Host(
             environment: ["PET_NPROC_PER_NODE": "3", "PET_NNODES": "2", "PET_MASTER_PORT": "23456", "PET_STANDALONE": "0"],
             processors: 8, nvidiaDevices: 0)
-        #expect(refusal(["t.py"], on: kubeflow)?.hasPrefix(#"PET_NNODES: "2": several nodes"#) == true)
+        #expect(refusal(["t.py"], on: kubeflow)?.hasPrefix("--nnodes 2 needs the job's secret") == true)
         let configuration = try run(["--nnodes", "1", "t.py"], on: kubeflow)
         #expect(configuration.ranks == 3 && configuration.masterPort == 23456)
         let module = CommandLineInterface.Host(environment: ["PET_MODULE": "1"], processors: 1, nvidiaDevices: 0)
@@ -170,5 +171,43 @@ import Testing
             #expect(text.contains(section), "help lacks \(section)")
         }
         #expect(CommandLineInterface.overview.contains("torchrun"))
+    }
+}
+
+/// torchrun's multi-node forms, one `graceful torchrun` per node.
+@Suite struct TorchrunSeveralNodesTests {
+    static let node = CommandLineInterface.Host(
+        environment: ["GRACEFUL_JOB_TOKEN": "0123456789abcdef"], processors: 8, nvidiaDevices: 0)
+
+    func run(_ arguments: [String]) throws -> RunConfiguration {
+        guard case .run(let configuration) = try CommandLineInterface.parse(["torchrun"] + arguments, host: Self.node) else {
+            throw CommandLineInterface.UsageError(message: "not a run")
+        }
+        return configuration
+    }
+
+    /// The static rendezvous: the framework at --master-port, graceful's leader at the port above.
+    @Test func staticRendezvousLeavesTheMasterPortToTheFramework() throws {
+        let configuration = try run([
+            "--nnodes", "4", "--node-rank", "2", "--nproc-per-node", "8", "--master-addr", "node0", "--master-port", "29500", "t.py",
+        ])
+        #expect(configuration.cluster?.nodeCount == 4 && configuration.cluster?.nodeRank == 2)
+        #expect(configuration.ranks == 8 && configuration.masterAddress == "node0" && configuration.masterPort == 29500)
+        #expect(configuration.cluster?.rendezvousHost == nil && configuration.cluster?.rendezvousPort == nil)
+        #expect(configuration.effectiveRunDirectory == "graceful_run/t/node2")
+    }
+
+    /// c10d: the endpoint is graceful's leader; the framework gets the port above it on that host.
+    @Test func c10dEndpointIsTheLeaders() throws {
+        let configuration = try run([
+            "--nnodes=2:2", "--node_rank=1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29400", "--log-dir", "logs", "t.py",
+        ])
+        #expect(configuration.cluster?.rendezvousHost == "head" && configuration.cluster?.rendezvousPort == 29400)
+        #expect(configuration.masterAddress == "head" && configuration.masterPort == 29401)
+        #expect(configuration.runDirectory == "logs/t/node1")
+    }
+
+    @Test func severalNodesCannotRestartYet() {
+        #expect(throws: CommandLineInterface.UsageError.self) { try run(["--nnodes", "2", "--max-restarts", "1", "t.py"]) }
     }
 }
