@@ -18,8 +18,9 @@ final class ClusterConnection {
     enum ReadOutcome {
         /// Payloads of verified frames, in order (none while the handshake goes on).
         case payloads([[UInt8]])
-        /// The peer closed, broke the connection, or failed the handshake or a frame's check.
-        case closed(String)
+        /// The peer closed, broke the connection, or failed the handshake or a frame's check: why,
+        /// and that without its details (`LinkRejection.kind`), for warnings once per kind.
+        case closed(String, kind: String)
     }
 
     let fd: Int32
@@ -28,6 +29,8 @@ final class ClusterConnection {
     private(set) var lastHeard: Instant
     private(set) var lastSent: Instant
     private(set) var state: State
+    /// The handshake completed: the peer holds the job's token (it stays so after the link closed).
+    private(set) var proven = false
     /// Set by the leader once the peer's join is accepted.
     var node: Int?
     /// Payloads asked to be sent before the handshake completed.
@@ -60,9 +63,10 @@ final class ClusterConnection {
         let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
         if count < 0 {
             if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return .payloads([]) }
-            return .closed("\(SystemError("read"))")
+            let reason = "\(SystemError("read"))"
+            return .closed(reason, kind: reason)
         }
-        if count == 0 { return .closed("it closed the connection") }
+        if count == 0 { return .closed("it closed the connection", kind: "closed") }
         lastHeard = now
         return receive(buffer[0..<count])
     }
@@ -70,7 +74,7 @@ final class ClusterConnection {
     private func receive(_ bytes: ArraySlice<UInt8>) -> ReadOutcome {
         switch state {
         case .closed:
-            return .closed("already closed")
+            return .closed("already closed", kind: "closed")
         case .handshaking(var handshake):
             switch handshake.receive(bytes) {
             case .needMore:
@@ -82,13 +86,14 @@ final class ClusterConnection {
                 return .payloads([])
             case .established(let keys, let reply, let leftover):
                 if !reply.isEmpty { enqueue(reply) }
+                proven = true
                 state = .established(reader: LinkFrameReader(key: keys.receiving), writer: LinkFrameWriter(key: keys.sending))
                 for payload in early { send(payload) }
                 early = []
                 return leftover.isEmpty ? .payloads([]) : receive(leftover[...])
             case .rejected(let rejection):
                 state = .closed
-                return .closed("\(rejection)")
+                return .closed("\(rejection)", kind: rejection.kind)
             }
         case .established(var reader, let writer):
             reader.append(bytes)
@@ -102,7 +107,7 @@ final class ClusterConnection {
                     return .payloads(payloads)
                 case .rejected(let rejection):
                     state = .closed
-                    return .closed("\(rejection)")
+                    return .closed("\(rejection)", kind: rejection.kind)
                 }
             }
         }

@@ -122,8 +122,8 @@ final class ClusterSession {
         switch connection.read(now: now) {
         case .payloads(let payloads):
             for payload in payloads { receive(payload, on: token, now: now) }
-        case .closed(let reason):
-            drop(token, reason: reason, now: now)
+        case .closed(let reason, let kind):
+            drop(token, reason: reason, kind: kind, now: now)
         }
     }
 
@@ -202,7 +202,8 @@ final class ClusterSession {
         }
     }
 
-    private func drop(_ token: UInt64, reason: String, now: Instant) {
+    /// Closes a connection; `kind` is `reason` without its details, for the once-per-kind warnings.
+    private func drop(_ token: UInt64, reason: String, kind: String? = nil, now: Instant) {
         guard let connection = connections.removeValue(forKey: token) else { return }
         loop.unregister(connection.fd)
         connection.close()
@@ -210,8 +211,11 @@ final class ClusterSession {
             if let node = connection.node {
                 tokenByNode[node] = nil
                 perform(leader!.lost(node: node, reason: reason, now: now))
+            } else if connection.proven {
+                // It holds the token: a leaked secret, or a coordinator of another version.
+                warnOnce("unjoined:\(kind ?? reason)", "warning: leader: dropped a connection from \(connection.peer) that holds the job's token but did not join (\(reason))")
             } else {
-                warnOnce("unproven:\(reason)", "warning: leader: dropped a connection from \(connection.peer) that did not prove it holds the job's token (\(reason))")
+                warnOnce("unproven:\(kind ?? reason)", "warning: leader: dropped a connection from \(connection.peer) that did not prove it holds the job's token (\(reason))")
             }
             return
         }

@@ -14,6 +14,19 @@ public enum LinkRejection: Error, Equatable, Sendable, CustomStringConvertible {
     /// Bytes that have no place in the protocol; the text says where.
     case malformed(String)
 
+    /// The case without its details (numbers, places): what "one warning per kind" counts, so a
+    /// peer varying them cannot turn one warning into one per connection.
+    public var kind: String {
+        switch self {
+        case .notGraceful: "not graceful"
+        case .wrongSecret: "wrong secret"
+        case .tampered: "tampered"
+        case .outOfSequence: "out of sequence"
+        case .oversized: "oversized"
+        case .malformed: "malformed"
+        }
+    }
+
     public var description: String {
         switch self {
         case .notGraceful:
