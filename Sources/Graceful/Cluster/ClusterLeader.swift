@@ -334,7 +334,9 @@ public struct ClusterLeader: Sendable {
 
     public mutating func tick(now: Instant) -> [Action] {
         switch phase {
-        case .aborted, .running where living.isEmpty:
+        case .aborted:
+            return []
+        case .running where living.isEmpty:
             return []
         case .gathering(let deadline):
             guard now >= deadline else { return [] }

@@ -47,7 +47,7 @@ import Testing
     }
 
     @Test func anOversizedLengthIsRefusedFromTheHeaderAlone() {
-        for length: UInt32 in [65537, .max] {
+        for length: UInt32 in [UInt32(LinkFrameReader.maximumPayload) + 1, .max] {
             var reader = reader()
             var header: [UInt8] = []
             withUnsafeBytes(of: length.bigEndian) { header += $0 }
