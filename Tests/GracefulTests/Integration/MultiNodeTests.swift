@@ -305,18 +305,19 @@ import Testing
     final class Intruder {
         let fd: Int32
 
-        init(port: Int) throws {
+        init(host: String = "127.0.0.1", port: Int) throws {
             fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = UInt16(port).bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_addr.s_addr = inet_addr(host)
             let connected = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
             guard fd >= 0, connected == 0 else {
+                let error = errno
                 if fd >= 0 { close(fd) }
-                throw Launched.SpawnError(message: "connect to port \(port): \(String(cString: strerror(errno)))")
+                throw Launched.SpawnError(message: "connect to \(host):\(port): \(String(cString: strerror(error)))")
             }
         }
 
