@@ -11,8 +11,8 @@
 /// - a failed task is not tried again before `backoff(afterFailures:)` has passed since this process
 ///   first saw the failure (which is never before the failure itself);
 /// - a task is recorded failed only once `maxAttempts` attempts failed, and never while it runs;
-/// - a straggler copy is proposed only when no task is pending, for a running attempt that has no
-///   copy yet, and not of a task this process already runs;
+/// - a straggler copy is proposed only when no task is pending (nor waiting for its backoff), for
+///   a live running attempt that has no copy yet;
 /// - once every task has an outcome, and only then, the answer is `.drained`.
 public struct QueueScheduler: Sendable {
     public let policy: QueuePolicy
@@ -120,7 +120,7 @@ public struct QueueScheduler: Sendable {
                 }
                 if !expired { wake(heartbeats[key]!.changedAt + policy.lease) }
                 let since = firstSeen[key]!
-                if !claim.copied, !runningHere.contains(task.id), candidate.map({ since < $0.since }) ?? true {
+                if !expired, !claim.copied, candidate.map({ since < $0.since }) ?? true {
                     candidate = (task.id, claim.attempt, since)
                 }
             case .finished, .failed:
