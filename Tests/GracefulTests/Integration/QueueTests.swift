@@ -163,6 +163,23 @@ import Testing
         #expect(run.output.contains("another copy finished the task first"))
     }
 
+    @Test func gpusAutoGivesEachWorkerTheDeviceNvidiaSmiRanksBest() throws {
+        let directory = try prepare()
+        try directory.write("bin/nvidia-smi", "#!/bin/sh\nprintf '0, 100, 0\\n1, 9000, 5\\n'\n")
+        chmod(directory.file("bin/nvidia-smi"), 0o755)
+        let path = directory.file("bin") + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let run = try Launched([Launched.graceful, "queue", "run", "sweep", "--grid", "n=1,2", "--workers", "2", "--gpus", "auto", "--",
+                                "sh", "-c", "echo \"$CUDA_VISIBLE_DEVICES\" > \"$GRACEFUL_TASK_RESULT\""],
+                               in: directory.path, environment: ["PATH": path])
+        #expect(try run.waitForExit() == 0, "\(run.output)")
+        let devices = try status(directory).map { "\($0["result"] ?? "")" }.sorted()
+        #expect(devices == ["0", "1"])
+        let none = try Launched([Launched.graceful, "queue", "run", "sweep2", "--grid", "n=1", "--gpus", "auto", "--", "true"],
+                                in: directory.path, environment: ["PATH": "/usr/bin:/bin"])
+        #expect(try none.waitForExit() == 0)
+        #expect(none.count("no nvidia-smi answered") == 1)
+    }
+
     @Test func badInputIsOneLineAndChangesNothing() throws {
         let directory = try prepare()
         try directory.write("bad.jsonl", "{\"n\": 1}\n[1, 2]\n")
