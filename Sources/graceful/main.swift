@@ -1,7 +1,7 @@
 import Glibc
 import Graceful
 
-// The command stays thin: parse, run the supervisor, exit with its code.
+// The command stays thin: parse, run the supervisor (or the queue), exit with its code.
 do {
     switch try CommandLineInterface.parse(Array(CommandLine.arguments.dropFirst())) {
     case .help(let text):
@@ -9,6 +9,10 @@ do {
         exit(ExitCode.success)
     case .run(let configuration):
         exit(Supervisor(configuration: configuration).run())
+    case .queueRun(let configuration):
+        exit(QueueRunner(configuration: configuration).run())
+    case .queueStatus(let directory, let json):
+        exit(QueueRunner.status(directory: directory, json: json))
     }
 } catch {
     let line = "error: \(error)\n"

@@ -6,6 +6,10 @@ public enum CommandLineInterface {
     /// What the command line asks for.
     public enum Invocation: Equatable, Sendable {
         case run(RunConfiguration)
+        /// `graceful queue run`.
+        case queueRun(QueueRunConfiguration)
+        /// `graceful queue status`: print the queue's state (as JSON with `json`).
+        case queueStatus(directory: String, json: Bool)
         /// Print this text on stdout and exit 0.
         case help(String)
     }
@@ -31,6 +35,8 @@ public enum CommandLineInterface {
           torchrun                The same, from torchrun's command line: 'torchrun ...' becomes
                                   'graceful torchrun ...'.
           msrun                   The same, with msrun's command line and MindSpore's scheduler.
+          queue                   Run many tasks from a queue shared by every worker and host;
+                                  stop and resume the whole sweep mid-task.
 
           See 'graceful help <subcommand>' for detailed help.
 
@@ -132,11 +138,13 @@ public enum CommandLineInterface {
             case "run": return .help(runHelp)
             case "torchrun": return .help(TorchrunCommandLine.help)
             case "msrun": return .help(MsrunOptions.help)
+            case "queue": return .help(QueueCommandLine.help)
             default: return .help(overview)
             }
         case "run": return try parseRun(Array(arguments.dropFirst()), host: host)
         case "torchrun": return try TorchrunCommandLine.parse(Array(arguments.dropFirst()), host: host)
         case "msrun": return try MsrunOptions.parse(Array(arguments.dropFirst()))
+        case "queue": return try QueueCommandLine.parse(Array(arguments.dropFirst()), host: host)
         default:
             if first.hasPrefix("-") {
                 throw UsageError(message: "unknown option '\(first)' (see 'graceful --help')")

@@ -1,0 +1,211 @@
+import Foundation
+import Testing
+
+@testable import Graceful
+
+/// Random runs of several `queue run` processes sharing one queue, against a model of its files
+/// (exclusive creation, heartbeats, ends, one outcome), with processes crashing and restarting,
+/// checking every guarantee documented on `QueueScheduler` after every decision, and that every task
+/// ends with exactly one outcome once the crashes stop.
+///
+/// `GRACEFUL_PROPERTY_RUNS` sets the number of runs; `GRACEFUL_PROPERTY_SEED` replays one (the seed a
+/// failure prints).
+@Suite struct QueueSchedulerPropertyTests {
+    @Test func randomSweepsKeepEveryGuarantee() {
+        let environment = ProcessInfo.processInfo.environment
+        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
+        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 300 : 1)
+        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
+        for run in 0..<runs {
+            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+            var sweep = ModelSweep(seed: seed)
+            do {
+                try sweep.run()
+            } catch {
+                Issue.record("\(error.message)\nreplay with GRACEFUL_PROPERTY_SEED=\(seed)\n\(sweep.trace.suffix(40).joined(separator: "\n"))")
+                return
+            }
+        }
+    }
+}
+
+/// The queue's files and the processes using them.
+struct ModelSweep {
+    struct Claim {
+        var holder: Int
+        var host: String
+        var heartbeat: Int64 = 0
+        var end: TaskFiles.AttemptEnd?
+        var endedAt: Instant?
+        var copied = false
+    }
+    struct Running {
+        var task: String
+        var attempt: Int
+        var copy: Bool
+        var succeeds: Bool
+    }
+    struct Process {
+        var id: Int
+        var host: String
+        var alive = true
+        var scheduler: QueueScheduler
+        var running: [Running] = []
+        var workers: Int
+        var lastBeat: Instant
+        var drained = false
+    }
+
+    var random: SeededGenerator
+    let policy: QueuePolicy
+    let taskIDs: [String]
+    var claims: [String: [Int: Claim]] = [:]
+    var outcomes: [String: TaskFiles.Outcome] = [:]
+    var processes: [Process] = []
+    var now = Instant.seconds(100)
+    var trace: [String] = []
+    var crashesLeft: Int
+
+    init(seed: UInt64) {
+        random = SeededGenerator(seed: seed)
+        var policy = QueuePolicy()
+        policy.lease = Double(Int.random(in: 3...30, using: &random))
+        policy.maxAttempts = Int.random(in: 1...4, using: &random)
+        policy.backoff = random.pick([0, 0.5, 2])
+        policy.stragglers = random.chance(0.5)
+        self.policy = policy
+        taskIDs = (0..<Int.random(in: 1...8, using: &random)).map { "task-\($0)" }
+        crashesLeft = Int.random(in: 0...4, using: &random)
+        for index in 0..<Int.random(in: 1...3, using: &random) { startProcess(host: "h\(index % 2)") }
+    }
+
+    mutating func startProcess(host: String) {
+        processes.append(Process(id: processes.count, host: host, scheduler: QueueScheduler(policy: policy),
+                                 workers: Int.random(in: 1...3, using: &random), lastBeat: now))
+    }
+
+    /// What process `observer` sees in a scan now.
+    func scan(by observer: Process) -> [TaskFiles] {
+        taskIDs.map { id in
+            if let outcome = outcomes[id] { return TaskFiles(id: id, outcome: outcome) }
+            let files = (claims[id] ?? [:]).map { attempt, claim in
+                TaskFiles.Claim(attempt: attempt, holder: "p\(claim.holder)", host: claim.host, heartbeat: claim.heartbeat,
+                                holderGone: claim.host == observer.host && !processes[claim.holder].alive,
+                                end: claim.end, copied: claim.copied)
+            }
+            return TaskFiles(id: id, claims: files)
+        }
+    }
+
+    func failures(_ task: String) -> Int {
+        (claims[task] ?? [:]).values.filter { if case .failed = $0.end { return true }; return false }.count
+    }
+
+    mutating func run() throws(Violation) {
+        var steps = 0
+        while true {
+            steps += 1
+            guard steps < 20000 else { throw Violation(message: "the sweep did not drain in 20000 steps") }
+            let live = processes.indices.filter { processes[$0].alive }
+            if live.isEmpty || (crashesLeft == 0 && live.allSatisfy({ processes[$0].drained })) { break }
+            // Time passes; every live holder renews its leases a third of a lease apart, as the runner does.
+            now = now + Double.random(in: 0...(policy.lease / 4), using: &random)
+            for index in live where now.seconds(since: processes[index].lastBeat) >= policy.heartbeatInterval {
+                processes[index].lastBeat = now
+                for running in processes[index].running where !running.copy {
+                    claims[running.task]![running.attempt]!.heartbeat += 1
+                }
+            }
+            let index = random.pick(live)
+            let roll = Double.random(in: 0..<1, using: &random)
+            if roll < 0.03 && crashesLeft > 0 {
+                crashesLeft -= 1
+                processes[index].alive = false
+                trace.append("p\(index) crashes")
+                startProcess(host: processes[index].host)
+                if random.chance(0.3) { startProcess(host: "h\(Int.random(in: 0...2, using: &random))") }
+            } else if roll < 0.5, !processes[index].running.isEmpty {
+                try end(processes[index].running.indices.randomElement(using: &random)!, of: index)
+            } else if processes[index].running.count < processes[index].workers {
+                try decide(index)
+            }
+        }
+        for id in taskIDs {
+            guard let outcome = outcomes[id] else { throw Violation(message: "\(id) has no outcome after the sweep") }
+            if case .failed(let attempts) = outcome, attempts < policy.maxAttempts {
+                throw Violation(message: "\(id) failed after \(attempts) of \(policy.maxAttempts) attempts")
+            }
+        }
+    }
+
+    mutating func decide(_ index: Int) throws(Violation) {
+        let observer = processes[index]
+        let files = scan(by: observer)
+        let runningHere = Set(observer.running.map(\.task))
+        let decision = processes[index].scheduler.next(files, at: now, runningHere: runningHere)
+        trace.append("\(now) p\(index) \(decision)")
+        switch decision {
+        case .drained:
+            guard outcomes.count == taskIDs.count else { throw Violation(message: "drained with \(taskIDs.count - outcomes.count) tasks open") }
+            processes[index].drained = true
+        case .wait:
+            break
+        case .fail(let task, let attempts):
+            guard outcomes[task] == nil, failures(task) >= policy.maxAttempts, attempts == failures(task),
+                  (claims[task] ?? [:]).values.allSatisfy({ $0.end != nil })
+            else { throw Violation(message: "failing \(task) with \(failures(task)) failures of \(policy.maxAttempts)") }
+            outcomes[task] = .failed(attempts: attempts)
+        case .claim(let task, let attempt, let takeover):
+            guard outcomes[task] == nil else { throw Violation(message: "claims \(task), which has an outcome") }
+            let existing = claims[task] ?? [:]
+            let latest = existing.keys.max() ?? 0
+            guard attempt == latest + 1 || existing[attempt] != nil else { throw Violation(message: "claims attempt \(attempt) of \(task) after \(latest)") }
+            if let takeover {
+                let holder = processes[existing[takeover.attempt]!.holder]
+                guard !holder.alive else { throw Violation(message: "takes over \(task) attempt \(takeover.attempt) from a live, renewing holder") }
+            } else if let previous = existing[latest], case .failed = previous.end,
+                      now.seconds(since: previous.endedAt!) < policy.backoff(afterFailures: failures(task)) {
+                throw Violation(message: "retries \(task) before its backoff")
+            }
+            guard existing[attempt] == nil else { return }  // lost the race to another process
+            claims[task, default: [:]][attempt] = Claim(holder: index, host: observer.host)
+            processes[index].running.append(Running(task: task, attempt: attempt, copy: false, succeeds: random.chance(0.6)))
+            let livePrimaries = processes.filter(\.alive).flatMap(\.running).filter { $0.task == task && !$0.copy }
+            guard livePrimaries.count == 1 else { throw Violation(message: "\(livePrimaries.count) live attempts of \(task)") }
+        case .copy(let task, let attempt):
+            guard policy.stragglers else { throw Violation(message: "copies \(task) against the policy") }
+            let pending = zip(files, processes[index].scheduler.observe(files, at: now)).contains { _, state in
+                if case .pending = state { return true }; return false
+            }
+            guard !pending else { throw Violation(message: "copies \(task) while a task is pending") }
+            guard var claim = claims[task]?[attempt], claim.end == nil, !claim.copied else {
+                throw Violation(message: "copies \(task) attempt \(attempt), which is not a running attempt without a copy")
+            }
+            claim.copied = true
+            claims[task]![attempt] = claim
+            processes[index].running.append(Running(task: task, attempt: attempt, copy: true, succeeds: random.chance(0.6)))
+        }
+    }
+
+    /// One of the process's attempts ends, as the runner records it.
+    mutating func end(_ position: Int, of index: Int) throws(Violation) {
+        let running = processes[index].running.remove(at: position)
+        let superseded = claims[running.task]![running.attempt + 1] != nil
+        if outcomes[running.task] != nil || superseded {
+            if !running.copy { release(running) }
+            return
+        }
+        if running.succeeds {
+            outcomes[running.task] = .finished(attempt: running.attempt)
+            trace.append("\(now) p\(index) finishes \(running.task) attempt \(running.attempt)\(running.copy ? " (copy)" : "")")
+        } else if !running.copy {
+            claims[running.task]![running.attempt]!.end = .failed(exit: 1)
+            claims[running.task]![running.attempt]!.endedAt = now
+            if failures(running.task) >= policy.maxAttempts { outcomes[running.task] = .failed(attempts: failures(running.task)) }
+        }
+    }
+
+    mutating func release(_ running: Running) {
+        claims[running.task]![running.attempt]!.end = .released
+    }
+}
