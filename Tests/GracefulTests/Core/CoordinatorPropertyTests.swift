@@ -310,6 +310,8 @@ struct Walk {
         switch action {
         case .ring, .report:
             break
+        case .tellLeader:
+            try expect(false, "a single node's coordinator told a leader: \(action)")
         case .send(let rank, let message):
             try expect(alive[rank], "a message to rank \(rank), which ended")
             switch message {
