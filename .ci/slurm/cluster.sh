@@ -8,6 +8,7 @@
 #                               with NODES nodes is kept as it is
 #   cluster.sh down DIR         stop every daemon of DIR, and the job steps and srun's still
 #                               running there, and wait until they are gone
+#   cluster.sh install          only install Slurm where it is missing (CI, before the tests)
 #
 # `up` installs Debian's slurmctld, slurmd and slurm-client when they are missing (root and apt-get
 # needed). When the cluster cannot be had here (not root, no apt-get, no network), it prints one line
@@ -22,7 +23,7 @@ unavailable() {
 }
 
 usage() {
-    echo "usage: $script up DIR [NODES] | $script down DIR" >&2
+    echo "usage: $script up DIR [NODES] | $script down DIR | $script install" >&2
     exit 2
 }
 
@@ -206,7 +207,11 @@ choose_ports() {
 }
 
 write_config() {
-    local nodes=$1 base=$2
+    local nodes=$1 base=$2 hash
+    # Job ids from a start that depends on DIR: graceful's master port follows from the job id
+    # (29500 + (id % 10000) * 2), and clusters brought up together on this machine would all number
+    # their jobs from 1, so their concurrent jobs' leaders would want the same ports.
+    hash=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
     cat >"$conf" <<EOF
 # Written by .ci/slurm/cluster.sh: $nodes virtual nodes on this machine, for tests.
 ClusterName=graceful
@@ -234,11 +239,14 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 MailProg=/bin/true
 MpiDefault=none
+FirstJobId=$(((hash / 100) % 9000 + 1))
 # Batch jobs start at once (by default their scheduling may wait up to 3 s).
 SchedulerParameters=batch_sched_delay=0
 # SIGKILL 5 s after SIGTERM (default 30): fast tests of the stop sequence.
 KillWait=5
-NodeName=n[1-$nodes] NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((base + 1))-$((base + nodes)) CPUs=2 RealMemory=4096
+# 4 CPUs a node, whatever this machine has (config_overrides): the tests' jobs mostly sleep, and
+# several of them (a batch job waiting for its signal beside steps of other tests) must fit at once.
+NodeName=n[1-$nodes] NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((base + 1))-$((base + nodes)) CPUs=4 RealMemory=4096
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -294,6 +302,11 @@ up() {
     echo "export SLURM_CONF=$conf"
 }
 
+if [ "${1:-}" = install ] && [ $# -eq 1 ]; then
+    [ "$(id -u)" -eq 0 ] || unavailable "needs root (the slurmd's run as root)"
+    install_slurm
+    exit 0
+fi
 [ $# -ge 2 ] || usage
 command=$1
 case $command in

@@ -80,10 +80,12 @@ public enum CommandLineInterface {
                                   Ask every rank for a checkpoint at one aligned step, without
                                   stopping, this long after launch and after each round ends.
                                   SIGUSR2 asks for one at once. (default: never)
-          --master-addr <addr>    MASTER_ADDR for the ranks. (default: 127.0.0.1)
+          --master-addr <addr>    MASTER_ADDR for the ranks. (default: 127.0.0.1, or the
+                                  step's first node in a multi-node Slurm step)
                                   Also --master_addr.
           --master-port <port>    MASTER_PORT for the ranks. (default: a free port; 29500 with
-                                  several nodes) Also --master_port.
+                                  several nodes, 29500 + (job id % 10000) * 2 in a Slurm step)
+                                  Also --master_port.
           --run-id <id>           The run id (GRACEFUL_RUN_ID, TORCHELASTIC_RUN_ID).
                                   (default: random) Also --rdzv-id, --rdzv_id.
           --no-python             Run a .py command as it is, not under Python. Also --no_python.
@@ -315,7 +317,8 @@ public enum CommandLineInterface {
     }
 
     /// Inside a Slurm job step, what the options leave out comes from Slurm: the node count, this
-    /// node's rank, the leader (the first host of the step's node list), a master port of the job's
+    /// node's rank, the leader (the first host of the step's node list; its NodeAddr when that name
+    /// does not resolve here), a master port of the job's
     /// own (two jobs on one node must not share one), and a grace that ends before the cluster's
     /// KillWait, after which Slurm SIGKILLs every task.
     static func fitSlurm(_ configuration: inout RunConfiguration, host: Host, given: Set<Option>) throws(UsageError) {
@@ -332,7 +335,11 @@ public enum CommandLineInterface {
             }
             configuration.nodes.nodeCount = allocation.nodeCount
             configuration.nodes.nodeRank = allocation.nodeRank
-            if !given.contains(.masterAddress) { configuration.masterAddress = allocation.leaderHost }
+            if !given.contains(.masterAddress) {
+                // A node's name need not resolve (slurm.conf's NodeAddr is how Slurm reaches it):
+                // then the leader's node is reached at Slurm's address for it.
+                configuration.masterAddress = host.slurmNodeAddress(allocation.leaderHost) ?? allocation.leaderHost
+            }
             if !given.contains(.masterPort), let job = Int(allocation.jobID) {
                 configuration.masterPort = slurmMasterPort(jobID: job)
             }

@@ -12,6 +12,10 @@ extension CommandLineInterface {
         var nvidiaDevices: Int
         /// The Slurm cluster's KillWait in seconds, asked only inside a Slurm job.
         var slurmKillWait: @Sendable () -> Double? = { nil }
+        /// The address to reach Slurm node NAME at when NAME does not resolve here (its `NodeAddr`);
+        /// nil when NAME resolves (it is used as it is) or Slurm does not say. Asked only inside a
+        /// multi-node Slurm step, for the leader's node.
+        var slurmNodeAddress: @Sendable (String) -> String? = { _ in nil }
 
         /// The interpreter of Python scripts: `PYTHON_EXEC` as torchrun honours it, else `python3`
         /// from PATH. torchrun's own default is the interpreter torchrun runs in, which graceful has
@@ -37,7 +41,8 @@ extension CommandLineInterface {
             }
             return Host(
                 environment: environment, processors: max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))), nvidiaDevices: countNVIDIADevices(),
-                slurmKillWait: { SlurmKillWait.read() })
+                slurmKillWait: { SlurmKillWait.read() },
+                slurmNodeAddress: { SlurmNodeAddress.resolves($0) ? nil : SlurmNodeAddress.read(node: $0) })
         }
 
         private static func countNVIDIADevices() -> Int {

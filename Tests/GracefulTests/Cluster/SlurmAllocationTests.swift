@@ -1,3 +1,4 @@
+import Foundation
 @testable import Graceful
 import Testing
 
@@ -172,5 +173,74 @@ struct SlurmKillWaitTests {
 
     @Test func nilWithoutScontrol() {
         #expect(SlurmKillWait.read(environment: ["PATH": "/nonexistent"]) == nil)
+    }
+}
+
+/// The leader's address inside a multi-node step: its node's name, or Slurm's NodeAddr for it when
+/// that name does not resolve here (the test cluster's n1..n3 are NodeAddr=127.0.0.1).
+struct SlurmNodeAddressTests {
+    static let node = """
+        NodeName=n1 Arch=x86_64 CoresPerSocket=1  CPUAlloc=2 CPUEfctv=2 CPUTot=2 CPULoad=13.92 AvailableFeatures=(null) \
+        ActiveFeatures=(null) Gres=(null) NodeAddr=127.0.0.1 NodeHostName=localhost Port=25701 Version=22.05.8
+
+        """
+
+    @Test func parsesNodeAddr() {
+        #expect(SlurmNodeAddress.parse(node: Self.node) == "127.0.0.1")
+        #expect(SlurmNodeAddress.parse(node: "NodeName=gpu7 NodeAddr=gpu7-ib NodeHostName=gpu7\n") == "gpu7-ib")
+        #expect(SlurmNodeAddress.parse(node: "Node nosuch not found\n") == nil)
+        #expect(SlurmNodeAddress.parse(node: "NodeName=n1 NodeAddr= NodeHostName=n1") == nil)
+        #expect(SlurmNodeAddress.parse(node: "") == nil)
+    }
+
+    @Test func resolvesOnlyRealNames() {
+        #expect(SlurmNodeAddress.resolves("localhost"))
+        #expect(SlurmNodeAddress.resolves("127.0.0.1"))
+        #expect(!SlurmNodeAddress.resolves("graceful-no-such-host.invalid"))
+    }
+
+    @Test func nilWithoutScontrol() {
+        #expect(SlurmNodeAddress.read(node: "n1", environment: ["PATH": "/nonexistent"]) == nil)
+    }
+
+    func configuration(_ host: CommandLineInterface.Host) throws -> RunConfiguration {
+        guard case .run(let configuration) = try CommandLineInterface.parse(["run", "-n", "2", "--", "python3", "train.py"], host: host) else {
+            throw CommandLineInterface.UsageError(message: "not a run")
+        }
+        return configuration
+    }
+
+    @Test func theLeadersNodeAddrWhenItsNameDoesNotResolve() throws {
+        var environment = SlurmAllocationTests.step
+        environment["GRACEFUL_JOB_TOKEN"] = "0123456789abcdef0123456789abcdef"
+        let asked = Asked()
+        let unresolved = CommandLineInterface.Host(
+            environment: environment, processors: 2, nvidiaDevices: 0,
+            slurmNodeAddress: { name in
+                asked.add(name)
+                return "127.0.0.1"
+            })
+        let configuration = try configuration(unresolved)
+        #expect(configuration.masterAddress == "127.0.0.1")
+        #expect(asked.names == ["n1"])
+        #expect(configuration.cluster?.nodeRank == 1 && configuration.cluster?.nodeCount == 3)
+
+        // A name that resolves is kept.
+        let resolved = CommandLineInterface.Host(environment: environment, processors: 2, nvidiaDevices: 0)
+        #expect(try self.configuration(resolved).masterAddress == "n1")
+        // --master-addr wins, and Slurm is not asked.
+        guard case .run(let given) = try CommandLineInterface.parse(
+            ["run", "-n", "2", "--master-addr", "10.0.0.9", "--", "python3", "train.py"], host: unresolved)
+        else { throw CommandLineInterface.UsageError(message: "not a run") }
+        #expect(given.masterAddress == "10.0.0.9")
+        #expect(asked.names == ["n1"])
+    }
+
+    /// The names Slurm was asked about.
+    final class Asked: @unchecked Sendable {
+        private let lock = NSLock()
+        private var asked: [String] = []
+        var names: [String] { lock.withLock { asked } }
+        func add(_ name: String) { lock.withLock { asked.append(name) } }
     }
 }

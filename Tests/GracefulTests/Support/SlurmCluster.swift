@@ -98,8 +98,10 @@ final class SlurmCluster: Sendable {
 
     /// Runs a client command to its end; it must exit 0.
     @discardableResult
-    func run(_ arguments: [String], in directory: String = "/tmp", timeout: Double = 60) throws -> Launched {
-        let command = try start(arguments, in: directory)
+    func run(
+        _ arguments: [String], in directory: String = "/tmp", environment: [String: String] = [:], timeout: Double = 60
+    ) throws -> Launched {
+        let command = try start(arguments, in: directory, environment: environment)
         let status = try command.waitForExit(timeout: timeout)
         guard status == 0 else {
             throw Launched.SpawnError(message: "\(arguments.joined(separator: " ")) exited \(status):\n\(command.output)")
@@ -112,9 +114,11 @@ final class SlurmCluster: Sendable {
         try run(["srun"] + arguments, in: directory, timeout: timeout)
     }
 
-    /// Submits a batch job; returns its id.
-    func sbatch(_ arguments: [String], in directory: String = "/tmp") throws -> String {
-        try run(["sbatch", "--parsable"] + arguments, in: directory).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    /// Submits a batch job; returns its id. sbatch hands its environment (this process's, with
+    /// `environment` over it) to the job.
+    func sbatch(_ arguments: [String], in directory: String = "/tmp", environment: [String: String] = [:]) throws -> String {
+        try run(["sbatch", "--parsable"] + arguments, in: directory, environment: environment).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     func scancel(_ arguments: [String]) throws {

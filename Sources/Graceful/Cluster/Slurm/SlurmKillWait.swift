@@ -33,8 +33,8 @@ enum SlurmKillWait {
 
     /// The stdout of `executable arguments` (stdin and stderr on /dev/null, in a process group of its
     /// own), or nil when it fails or is still running after `timeout` seconds: then its group is
-    /// killed and reaped.
-    private static func run(_ executable: String, _ arguments: [String], environment: [String: String]?) -> String? {
+    /// killed and reaped. `SlurmNodeAddress` asks scontrol the same way.
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String]?) -> String? {
         var output: [Int32] = [-1, -1]
         guard graceful_pipe(&output) == 0 else { return nil }
         defer { closeDescriptor(output[0]) }
