@@ -17,7 +17,8 @@ import GracefulProtocol
 /// - `.commit` is asked for at most once per round, only when every node of the job confirmed the
 ///   round's step in that round and no node reported a problem with it, before the round's deadline;
 /// - the first stop trigger starts the one stop; later triggers escalate only when a node repeats
-///   its own stop signal (the control file, and one scheduler signal to every node, never do);
+///   its own stop signal, or sends a quit during a stop that was not one (the control file, and one
+///   scheduler signal to every node, a quit included, never do);
 /// - a node that is lost, or whose rank fails, makes every other living node get `nodeFailed`, and
 ///   no round in flight can commit after it.
 public struct ClusterLeader: Sendable {
@@ -92,7 +93,8 @@ public struct ClusterLeader: Sendable {
         self.policy = policy
         nodeCount = leader.nodeCount
         world = ClusterWorld(runID: runID, nodeCount: leader.nodeCount, localRanks: leader.localRanks)
-        phase = .gathering(deadline: now + policy.rendezvousTimeout)
+        // A job of one node has nobody to wait for: its first tick launches it.
+        phase = .gathering(deadline: leader.nodeCount <= 1 ? now : now + policy.rendezvousTimeout)
         joins[0] = leader
         leaderRecord = record
     }
@@ -124,6 +126,10 @@ public struct ClusterLeader: Sendable {
         if let problem = disagreement(join) { return abort(problem) }
         joins[join.node] = join
         guard joins.count == nodeCount else { return [.report(.joined(node: join.node, host: join.host, waiting: nodeCount - joins.count))] }
+        return launch(now: now)
+    }
+
+    private mutating func launch(now: Instant) -> [Action] {
         phase = .running
         living = Set(0..<nodeCount)
         if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
@@ -206,14 +212,15 @@ public struct ClusterLeader: Sendable {
             guard var current = round, current.id == id, current.step == nil, current.positions[node] == nil else { return [] }
             current.positions[node] = .some(furthest)
             round = current
-            return living.allSatisfy({ current.positions[$0] != nil }) ? decide() : []
+            return living.allSatisfy({ current.positions[$0] != nil }) ? decide(now: now) : []
         case .confirmed(let id, let step, let paths):
             return receiveConfirmation(id: id, step: step, paths: paths, from: node, now: now)
         case .roundFailed(let id, let reason):
-            guard var current = round, current.id == id, !current.failed else { return [] }
+            // Once its commit is asked for, the round's fate is the commit's outcome.
+            guard var current = round, current.id == id, !current.failed, !current.commitAsked else { return [] }
             current.failed = true
             round = current
-            return failRound("node \(node): \(reason)", except: node)
+            return failRound("node \(node): \(reason)", except: node, now: now)
         case .rankFailed(let reason):
             return failJob("node \(node): \(reason)", except: node)
         case .finished(let code):
@@ -221,7 +228,7 @@ public struct ClusterLeader: Sendable {
             var actions: [Action] = [.report(.nodeFinished(node: node, exitCode: code))]
             if let current = round, !current.failed, !current.commitAsked, current.confirmations[node] == nil {
                 round?.failed = true
-                actions += failRound("node \(node) ended before confirming", except: node)
+                actions += failRound("node \(node) ended before confirming", except: node, now: now)
             }
             if living.isEmpty { round = nil }
             return actions
@@ -231,21 +238,22 @@ public struct ClusterLeader: Sendable {
     }
 
     private mutating func receiveTrigger(_ trigger: Trigger, from node: Int, now: Instant) -> [Action] {
-        guard let first = stopTrigger else {
+        guard let stop = stopTrigger else {
             stopTrigger = trigger
             if case .signal = trigger { stopSignals[node] = 1 }
             if case .quit = trigger { stopSignals[node] = 1 }
             return startRound(.stop, trigger: trigger.description, stopTrigger: trigger, now: now)
         }
-        _ = first
         // The control file cannot be told apart from the request itself; a node's first signal is
         // the same request as everybody's (a scheduler signals every node at once). A node's
-        // second signal is somebody insisting.
+        // second signal is somebody insisting; so is a quit during a stop that was no quit (on one
+        // node too a quit during a stop is SIGKILL). A quit reaching every node is one quit.
         guard trigger.signalNumber != nil else { return [] }
         let count = (stopSignals[node] ?? 0) + 1
         stopSignals[node] = count
         let quits = if case .quit = trigger { true } else { false }
-        guard count >= 2 || quits else { return [.report(.alreadyStopping(node: node, trigger))] }
+        let stopQuits = if case .quit = stop { true } else { false }
+        guard count >= 2 || quits && !stopQuits else { return [.report(.alreadyStopping(node: node, trigger))] }
         return [.report(.escalating(node: node, trigger))] + living.sorted().map { .send(node: $0, .escalate(trigger)) }
     }
 
@@ -265,14 +273,17 @@ public struct ClusterLeader: Sendable {
     }
 
     /// One step for the whole job: 1 + the furthest position of any rank of any node.
-    private mutating func decide() -> [Action] {
+    private mutating func decide(now: Instant) -> [Action] {
         guard var current = round, current.step == nil else { return [] }
         let furthest = current.positions.values.compactMap { $0 }.max()
         if let furthest, furthest.addingReportingOverflow(1).overflow || furthest + 1 > maximumMessageInteger {
+            let failedAlready = current.failed
             current.failed = true
             current.step = .some(nil)
             round = current
-            return failRound("a rank answered position \(furthest), after which no step can follow", except: nil)
+            // A round that failed already was said to have failed: once is enough.
+            if failedAlready { return [] }
+            return failRound("a rank answered position \(furthest), after which no step can follow", except: nil, now: now)
         }
         let step = furthest.map { $0 + 1 }
         current.step = .some(step)
@@ -290,12 +301,12 @@ public struct ClusterLeader: Sendable {
         guard paths.count == world.localRanks else {
             current.failed = true
             round = current
-            return failRound("node \(node) confirmed \(paths.count) path(s) for \(world.localRanks) rank(s)", except: nil)
+            return failRound("node \(node) confirmed \(paths.count) path(s) for \(world.localRanks) rank(s)", except: nil, now: now)
         }
         if let decided, step != decided {
             current.failed = true
             round = current
-            return failRound("node \(node) checkpointed step \(step), not the round's step \(decided)", except: nil)
+            return failRound("node \(node) checkpointed step \(step), not the round's step \(decided)", except: nil, now: now)
         }
         current.confirmations[node] = (step, paths)
         round = current
@@ -304,7 +315,7 @@ public struct ClusterLeader: Sendable {
         guard steps.count == 1 else {
             current.failed = true
             round = current
-            return failRound("the nodes checkpointed different steps, from \(steps.min()!) to \(steps.max()!)", except: nil)
+            return failRound("the nodes checkpointed different steps, from \(steps.min()!) to \(steps.max()!)", except: nil, now: now)
         }
         current.commitAsked = true
         round = current
@@ -317,8 +328,7 @@ public struct ClusterLeader: Sendable {
     /// The record of round `id` is durably on disk; `record` is its JSON, for every node's copy.
     public mutating func commitWritten(round id: Int, record: String, now: Instant) -> [Action] {
         guard let current = round, current.id == id, current.commitAsked else { return [] }
-        round = nil
-        if current.kind == .checkpoint, let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+        endRound(now: now)
         return living.sorted().map { .send(node: $0, .committed(round: id, record: record)) }
     }
 
@@ -327,7 +337,7 @@ public struct ClusterLeader: Sendable {
         current.failed = true
         current.commitAsked = false
         round = current
-        return failRound("the leader's commit failed (\(reason))", except: nil)
+        return failRound("the leader's commit failed (\(reason))", except: nil, now: now)
     }
 
     // MARK: - Time
@@ -340,18 +350,19 @@ public struct ClusterLeader: Sendable {
             return []
         case .gathering(let deadline):
             guard now >= deadline else { return [] }
+            if joins.count == nodeCount { return launch(now: now) }
             let missing = (0..<nodeCount).filter { joins[$0] == nil }
             return abort("node(s) \(missing.map(String.init).joined(separator: ", ")) did not join within \(format(policy.rendezvousTimeout))s (--rdzv-timeout)")
         case .running:
             if let current = round {
                 if current.step == nil, now >= current.requestedAt + policy.alignTimeout + Policy.networkMargin {
-                    return decide()
+                    return decide(now: now)
                 }
                 if current.step != nil, !current.failed, !current.commitAsked, now >= current.requestedAt + policy.grace + Policy.networkMargin {
                     round?.failed = true
                     let missing = (0..<nodeCount).filter { current.confirmations[$0] == nil }
-                    let finishRound: [Action] = current.kind == .checkpoint ? endRound() : []
-                    return failRound("node(s) \(missing.map(String.init).joined(separator: ", ")) did not confirm within \(format(policy.grace))s", except: nil) + finishRound
+                    // failRound tells every node and ends a checkpoint round.
+                    return failRound("node(s) \(missing.map(String.init).joined(separator: ", ")) did not confirm within \(format(policy.grace))s", except: nil, now: now)
                 }
                 return []
             }
@@ -367,17 +378,19 @@ public struct ClusterLeader: Sendable {
 
     /// Tells every living node (but `origin`, which knows) that the round failed. A checkpoint round
     /// ends there; a stop stays the stop (its escalation goes on), committing nothing.
-    private mutating func failRound(_ reason: String, except origin: Int?) -> [Action] {
+    private mutating func failRound(_ reason: String, except origin: Int?, now: Instant) -> [Action] {
         guard let current = round else { return [] }
         var actions: [Action] = [.report(.roundFailed(round: current.id, reason: reason))]
         actions += living.sorted().filter { $0 != origin }.map { .send(node: $0, .roundFailed(round: current.id, reason)) }
-        if current.kind == .checkpoint { actions += endRound() }
+        if current.kind == .checkpoint { endRound(now: now) }
         return actions
     }
 
-    private mutating func endRound() -> [Action] {
+    /// The round is over; after a checkpoint round, committed or not, the next periodic one is due
+    /// `checkpointEvery` later.
+    private mutating func endRound(now: Instant) {
+        if round?.kind == .checkpoint, let every = policy.checkpointEvery { nextCheckpointAt = now + every }
         round = nil
-        return []
     }
 
     private mutating func failJob(_ reason: String, except origin: Int) -> [Action] {

@@ -31,6 +31,16 @@ import GracefulProtocol
 ///   or third signal, or a quit); else 0 when no rank said hello and every rank exited 0, or on
 ///   SIGTERM after it had started running (it wrote output, or the stop came
 ///   `StopPolicy.plainStartupTime` or more after the launch); else 2.
+///
+/// A member of a multi-node job (`clusterMember`, `CoordinatorClusterPropertyTests`) keeps these,
+/// except that the leader chooses each round's step (`.tellLeader(.position)`, answered by
+/// `.stepChosen`) and writes the commit (`.commit` is answered by `.commitWritten`, or by
+/// `.roundFailedElsewhere` or `.nodeFailed`, after which no commit is waited for); it never restarts;
+/// a rank failure while no stop is pending is told to the leader (`.tellLeader(.rankFailed)`), and so
+/// is the first problem of a round found on this node (`.tellLeader(.roundFailed)`); `.nodeFailed`
+/// tears the ranks down: exit 1 while no stop is pending, else the stop's exit code, in which its
+/// commit counts only when the leader's `.commitWritten` came first; `.escalate` is a counted
+/// signal, whatever the debounce.
 public struct Coordinator: Sendable {
     public let policy: StopPolicy
     /// A node of a multi-node job: the leader chooses each round's step and commits; this node
@@ -174,7 +184,9 @@ public struct Coordinator: Sendable {
         case .tick:
             break
         case .stepChosen(let id, let step):
-            if var round = currentRound, round.id == id, round.target == .awaitingLeader {
+            // Also while this node still aligns: the leader's deadline passed first (its reports cross
+            // the network), and its step is the job's; this node's position would come too late.
+            if var round = currentRound, round.id == id, round.target == .awaitingLeader || round.isAligning {
                 round.target = .aligning(deadline: now)
                 currentRound = round
                 settle(step: step, now: now, into: &actions)
@@ -305,6 +317,11 @@ public struct Coordinator: Sendable {
                 for end in ended { ranks[end.rank].note = .endedBeforeStop }
                 addProblem(.endedBeforeStop(ended))
                 actions.append(.report(.stopProblem(.endedBeforeStop(ended))))
+                // The round cannot commit anywhere: the leader fails it now rather than at its deadline
+                // (it heard already when some rank never said hello).
+                if isClusterMember && plain.isEmpty {
+                    actions.append(.tellLeader(.roundFailed(round: stop.round.id, .endedBeforeStop(ended))))
+                }
             }
         }
         for rank in speaking {

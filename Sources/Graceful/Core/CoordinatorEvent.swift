@@ -27,7 +27,8 @@ public enum CoordinatorEvent: Equatable, Sendable {
     case commitFailed(String)
     /// Time passed; deadlines are checked against `now`.
     case tick
-    /// A member of a multi-node job: the leader chose `step` for round `round` (this node's id).
+    /// A member of a multi-node job: the leader chose `step` for round `round` (this node's id). Taken
+    /// once, while the round waits for it or still aligns (the leader's deadline passed first).
     case stepChosen(round: Int, step: Int?)
     /// A member of a multi-node job: round `round` cannot complete elsewhere in the job; a commit
     /// this node waits for will not come.

@@ -33,13 +33,28 @@ struct Violation: Error {
 }
 
 /// One random run: the coordinator, and a faithful model of ranks and of the process layer around it.
+/// In cluster-member mode (`CoordinatorClusterPropertyTests`) the model also plays the leader.
 struct Walk {
     var random: SeededGenerator
     let policy: StopPolicy
     let rankCount: Int
+    /// A member of a multi-node job: stops and checkpoints come from the leader, which chooses each
+    /// round's step and commits.
+    let cluster: Bool
     var machine: Coordinator
     var now = Instant.seconds(1000)
-    var trace: [String] = []
+    var header = ""
+    /// Every event and the coordinator's actions, formatted only when a walk fails (formatting is slow).
+    var log: [(now: Instant, event: CoordinatorEvent, actions: [CoordinatorAction])] = []
+
+    var trace: [String] {
+        [header] + log.flatMap { entry in
+            ["\(entry.now) \(entry.event)"] + entry.actions.compactMap { action in
+                if case .report = action { return nil }
+                return "  -> \(action)"
+            }
+        }
+    }
 
     // The process layer.
     var alive: [Bool]
@@ -49,7 +64,7 @@ struct Walk {
     var launchedAt = Instant.seconds(1000)
     /// How a signalled rank is about to end; delivered at a random later step.
     var pendingDeath: [Graceful.ExitStatus?]
-    var pendingCommits: [(step: Int, kind: RoundKind)] = []
+    var pendingCommits: [(step: Int, kind: RoundKind, round: Int?)] = []
     var pendingGangGone = false
     var pendingLaunched = false
     var gangGoneGiven = false
@@ -65,6 +80,10 @@ struct Walk {
         var step: Int??
         var confirmations: [[(step: Int, path: CheckpointPath)]]
         var commitAsked = false
+        /// Cluster mode: the first usable answer of each rank that speaks, while the round aligns.
+        var positions: [Int: Int?] = [:]
+        /// Cluster mode: the node told the leader its furthest position.
+        var toldPosition = false
     }
     var round: Round?
     var triggerReceived = false
@@ -81,23 +100,49 @@ struct Walk {
     var launches = 0
     var finished = false
 
-    init(seed: UInt64) {
+    // Cluster mode: the event being handled, and the model leader.
+    var event: CoordinatorEvent = .tick
+    var runningBefore = true
+    var roundBefore: Int?
+    /// Ranks that got SIGTERM or SIGKILL in this attempt.
+    var signalled: [Bool]
+    /// The steps the leader chose, by round: every `stopAt`/`checkpointAt` must carry its round's.
+    var chosenSteps: [Int: Int?] = [:]
+    /// The leader's answers not delivered yet: a step, or a failure of the round.
+    var pendingSteps: [(round: Int, step: Int?, fails: Bool)] = []
+    /// Rounds the leader already answered (or will): one step per round.
+    var leaderAnswered: Set<Int> = []
+    /// Rounds whose pending commit the node was told failed (elsewhere, or the node failed).
+    var voidedRounds: Set<Int> = []
+    /// The leader's stop command came (once per job).
+    var leaderStopped = false
+    /// Cluster mode: the rounds this node told the leader failed.
+    var toldFailed: Set<Int> = []
+    /// Cluster mode: the milestones this walk reached.
+    var seen: Set<String> = []
+
+    init(seed: UInt64, cluster: Bool = false) {
         random = SeededGenerator(seed: seed)
+        self.cluster = cluster
         rankCount = Int.random(in: 1...4, using: &random)
+        // A member's checkpoint rounds are the leader's (the supervisor clears the period).
+        var checkpointEvery: Double?
+        if !cluster, random.chance(0.3) { checkpointEvery = random.pick([0.2, 1, 3]) }
         policy = StopPolicy(
             grace: random.pick([0.5, 1, 2, 5]),
             killAfter: random.pick([0.1, 0.5, 1, 2]),
             alignTimeout: random.pick([0.1, 0.5, 1]),
             maxRestarts: Int.random(in: 0...2, using: &random),
             restartBackoff: random.pick([0.1, 0.5, 1]),
-            checkpointEvery: random.chance(0.3) ? random.pick([0.2, 1, 3]) : nil)
-        machine = Coordinator(rankCount: rankCount, policy: policy, resumedStep: random.chance(0.3) ? 40 : nil)
+            checkpointEvery: checkpointEvery)
+        machine = Coordinator(rankCount: rankCount, policy: policy, resumedStep: random.chance(0.3) ? 40 : nil, clusterMember: cluster)
+        signalled = Array(repeating: false, count: rankCount)
         alive = Array(repeating: true, count: rankCount)
         exits = Array(repeating: nil, count: rankCount)
         saidHello = Array(repeating: false, count: rankCount)
         wroteOutput = Array(repeating: false, count: rankCount)
         pendingDeath = Array(repeating: nil, count: rankCount)
-        trace.append("\(rankCount) rank(s), \(policy)")
+        header = "\(rankCount) rank(s), \(policy)\(cluster ? ", a member of a multi-node job" : "")"
     }
 
     mutating func run() throws(Violation) {
@@ -127,6 +172,8 @@ struct Walk {
 
     mutating func randomStep() throws(Violation) {
         if random.chance(0.3) { now = now + Double.random(in: 0...0.4, using: &random) }
+        // A round through the leader takes more steps: ranks that do the right thing reach its commit.
+        if cluster && random.chance(0.3) { return try cooperativeRankStep() }
         let choice = Int.random(in: 0..<100, using: &random)
         switch choice {
         case 0..<20:
@@ -153,7 +200,11 @@ struct Walk {
         case 60..<65:
             if let rank = living.randomElement(using: &random) { try send(.exited(rank: rank, randomStatus())) }
         case 65..<73:
-            if pendingCommits.allSatisfy({ $0.kind == .stop }) { try send(.trigger(randomTrigger())) }
+            if cluster {
+                try leaderStopStep()
+            } else if pendingCommits.allSatisfy({ $0.kind == .stop }) {
+                try send(.trigger(randomTrigger()))
+            }
         case 73..<77:
             try send(.requestCheckpoint("SIGUSR2"))
         case 77..<80:
@@ -163,7 +214,11 @@ struct Walk {
                 try send(.exited(rank: rank, pendingDeath[rank]!))
             }
         default:
-            try answerPending()
+            if cluster && random.chance(0.4) {
+                try leaderEventStep()
+            } else {
+                try answerPending()
+            }
         }
     }
 
@@ -172,7 +227,9 @@ struct Walk {
         if let rank = (0..<rankCount).first(where: { pendingDeath[$0] != nil }) {
             try send(.exited(rank: rank, pendingDeath[rank]!))
         } else if running, let rank = living.first {
-            if random.chance(0.5) {
+            if cluster && random.chance(0.2) {
+                try send(.nodeFailed("node 1 (h1) is gone: reset"))
+            } else if random.chance(0.5) {
                 try send(.trigger(randomTrigger()))
             } else {
                 try send(.exited(rank: rank, randomStatus()))
@@ -193,7 +250,9 @@ struct Walk {
             try send(.launched)
         } else if !pendingCommits.isEmpty {
             let commit = pendingCommits.removeFirst()
-            if random.chance(0.85) {
+            if cluster {
+                try answerCommitAsLeader(commit)
+            } else if random.chance(0.85) {
                 if commit.kind == .stop { stopCommitted = true }
                 try send(.commitWritten)
             } else {
@@ -203,6 +262,8 @@ struct Walk {
             pendingGangGone = false
             gangGoneGiven = true
             try send(.gangGone)
+        } else if cluster, !pendingSteps.isEmpty {
+            try deliverLeaderStep()
         } else {
             return false
         }
@@ -227,7 +288,10 @@ struct Walk {
     // MARK: Feeding one event and checking every guarantee
 
     mutating func send(_ event: CoordinatorEvent) throws(Violation) {
-        trace.append("\(now) \(event)")
+        log.append((now, event, []))
+        self.event = event
+        runningBefore = running
+        var acceptsStep = false
         let startsStop: Bool
         switch event {
         case .launched:
@@ -251,14 +315,16 @@ struct Walk {
                 round = current
             }
             startsStop = false
-        case .trigger(let trigger):
+        case .trigger(let trigger), .escalate(let trigger):
             startsStop = running
+            // The leader's escalation counts whatever the debounce, and is never the first signal.
+            let escalation = if case .escalate = event { true } else { false }
             if let number = trigger.signalNumber {
-                let counted = lastStopSignalAt.map { now.seconds(since: $0) >= policy.signalDebounce } ?? true
+                let counted = escalation || lastStopSignalAt.map { now.seconds(since: $0) >= policy.signalDebounce } ?? true
                 lastStopSignalAt = now
                 let quits = if case .quit = trigger { true } else { false }
-                let absorbed = !startsStop && counted && !attemptFailed && awaitingFirstSignal && !quits
-                if !startsStop && counted && !attemptFailed { awaitingFirstSignal = false }
+                let absorbed = !startsStop && counted && !attemptFailed && awaitingFirstSignal && !quits && !escalation
+                if !startsStop && counted && !attemptFailed && !escalation { awaitingFirstSignal = false }
                 if (quits && startsStop || !startsStop && counted) && !attemptFailed && !absorbed { forcedBy = number }
             }
             if startsStop {
@@ -270,13 +336,38 @@ struct Walk {
                               confirmations: Array(repeating: [], count: rankCount))
             }
             triggerReceived = true
+        case .position(let rank, let id, let step):
+            if cluster, var current = round, current.id == id, !current.toldPosition, current.step == nil,
+               current.helloBefore[rank], current.positions[rank] == nil {
+                current.positions[rank] = .some(step)
+                round = current
+            }
+            startsStop = false
+        case .nodeFailed:
+            // Another node failed: while training, this node fails (1); during a stop, no commit can come.
+            if running { attemptFailed = true }
+            if let id = machine.currentRoundID { voidedRounds.insert(id) }
+            startsStop = false
+        case .roundFailedElsewhere(let id, _):
+            // Only the round in flight: the leader's rounds are mapped to this node's as they start.
+            if machine.currentRoundID == id { voidedRounds.insert(id) }
+            startsStop = false
+        case .stepChosen(let id, let step):
+            // Taken while the round waits for the leader, or still aligns (the leader's deadline passed
+            // first); once, for the round in flight.
+            acceptsStep = machine.currentRoundID == id && round?.id == id && round?.step == nil
+            if acceptsStep { chosenSteps[id] = step }
+            startsStop = false
         default:
             startsStop = false
         }
         let livingBefore = living
+        let commitPendingBefore = cluster && machineCommitPending
+        roundBefore = machine.currentRoundID
         let actions = machine.handle(event, now: now)
-        for action in actions where !isReport(action) { trace.append("  -> \(action)") }
-        if startsStop, case .trigger(.quit) = event {
+        log[log.count - 1].actions = actions
+        for action in actions { _ = isReport(action) }
+        if startsStop, case .quit = event.stopTrigger {
             for rank in livingBefore {
                 let terminated = actions.contains { $0 == .signal(rank: rank, SignalNumber.terminate) || $0 == .signal(rank: rank, SignalNumber.kill) }
                 try expect(terminated, "a quit did not send SIGTERM to rank \(rank)")
@@ -296,7 +387,12 @@ struct Walk {
         }
         for action in actions {
             try expect(!finished, "\(action) after finish")
-            try check(action)
+            try check(action, among: actions)
+        }
+        if cluster {
+            try checkCluster(event, actions, acceptsStep: acceptsStep, commitPendingBefore: commitPendingBefore)
+            // The leader answers at once half of the time (else later, or never).
+            if !finished, !pendingCommits.isEmpty || !pendingSteps.isEmpty, random.chance(0.5) { try answerPending() }
         }
     }
 
@@ -306,12 +402,13 @@ struct Walk {
         return false
     }
 
-    mutating func check(_ action: CoordinatorAction) throws(Violation) {
+    mutating func check(_ action: CoordinatorAction, among actions: [CoordinatorAction]) throws(Violation) {
         switch action {
         case .ring, .report:
             break
-        case .tellLeader:
-            try expect(false, "a single node's coordinator told a leader: \(action)")
+        case .tellLeader(let report):
+            try expect(cluster, "\(action) from a coordinator of one node")
+            try checkTellLeader(report)
         case .send(let rank, let message):
             try expect(alive[rank], "a message to rank \(rank), which ended")
             switch message {
@@ -324,12 +421,14 @@ struct Walk {
                                   confirmations: Array(repeating: [], count: rankCount))
                 }
             case .stopAt(let id, let step), .checkpointAt(let id, let step):
+                if cluster { try checkStepSent(message, among: actions) }
                 if round?.id == id, round?.step == nil { round?.step = .some(step) }
             case .committed:
                 break
             }
         case .signal(let rank, let signal):
             try expect(alive[rank], "signal \(signal) to rank \(rank), which ended")
+            signalled[rank] = true
             if signal == SignalNumber.kill {
                 pendingDeath[rank] = .signaled(SignalNumber.kill)
             } else if pendingDeath[rank] == nil, random.chance(0.5) {
@@ -351,12 +450,15 @@ struct Walk {
             }
             current.commitAsked = true
             round = current
-            pendingCommits.append((step, current.kind))
+            pendingCommits.append((step, current.kind, id))
+            seen.insert("commit")
         case .awaitGangExit:
+            try expect(!cluster, "a member of a multi-node job never restarts")
             try expect(living.isEmpty, "the gang is cleared while ranks \(living) live")
             pendingGangGone = true
             gangGoneGiven = false
         case .launch(let restart):
+            try expect(!cluster, "a member of a multi-node job never restarts")
             launches += 1
             try expect(launches <= policy.maxRestarts, "launch \(launches) beyond --max-restarts \(policy.maxRestarts)")
             try expect(restart == launches, "launch numbered \(restart), expected \(launches)")
@@ -367,6 +469,7 @@ struct Walk {
             saidHello = Array(repeating: false, count: rankCount)
             wroteOutput = Array(repeating: false, count: rankCount)
             pendingDeath = Array(repeating: nil, count: rankCount)
+            signalled = Array(repeating: false, count: rankCount)
             attemptFailed = false
             gangGoneGiven = false
             round = nil
@@ -379,7 +482,9 @@ struct Walk {
         }
     }
 
-    /// The documented exit-code table, from what was observed.
+    /// The documented exit-code table, from what was observed. A member of a multi-node job keeps it,
+    /// with two differences (see `CoordinatorClusterPropertyTests`): `.nodeFailed` while training is a
+    /// failed attempt (1, never restarted), and a stop's commit counts once the leader wrote it.
     func expectedExitCode() -> Int32 {
         if attemptFailed { return ExitCode.rankFailed }
         if !triggerReceived { return 0 }

@@ -1,0 +1,743 @@
+import Foundation
+import GracefulProtocol
+import Testing
+
+@testable import Graceful
+
+/// Random walks of joins, messages, commit outcomes and ticks through the leader of a multi-node
+/// job, against a model of what it must say, checking every guarantee documented on `ClusterLeader`
+/// after every input, and that a round in flight always has a deadline.
+///
+/// `GRACEFUL_PROPERTY_RUNS` sets the number of walks; `GRACEFUL_PROPERTY_SEED` replays one walk (the
+/// seed a failure prints).
+@Suite struct ClusterLeaderPropertyTests {
+    @Test func randomWalksKeepEveryGuarantee() {
+        let environment = ProcessInfo.processInfo.environment
+        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
+        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 1500 : 1)
+        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
+        var seen: Set<String> = []
+        for run in 0..<runs {
+            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+            var walk = LeaderWalk(seed: seed)
+            do {
+                try walk.run()
+            } catch {
+                Issue.record("\(error.message)\nreplay with GRACEFUL_PROPERTY_SEED=\(seed)\n\(walk.trace.suffix(60).joined(separator: "\n"))")
+                return
+            }
+            seen.formUnion(walk.seen)
+        }
+        // The walks reach what the guarantees are about, or they would pass without checking it.
+        if runs >= 500 { #expect(Set(LeaderWalk.milestones).subtracting(seen).isEmpty, "never reached: \(Set(LeaderWalk.milestones).subtracting(seen).sorted())") }
+    }
+}
+
+/// What the leader is fed: what a node's coordinator says, what the links see, the commit's outcome.
+enum LeaderInput: CustomStringConvertible {
+    case join(ClusterJoin)
+    case lost(node: Int)
+    case message(ClusterNodeMessage, from: Int)
+    case commitWritten(round: Int)
+    case commitFailed(round: Int)
+    case tick
+
+    var description: String {
+        switch self {
+        case .join(let join): return "join node \(join.node)/\(join.nodeCount) -n \(join.localRanks) \(join.command) \(join.commit.map { "\($0)" } ?? "-") \(join.host)"
+        case .lost(let node): return "lost node \(node)"
+        case .message(let message, let node): return "node \(node): \(message)"
+        case .commitWritten(let round): return "commit of round \(round) written"
+        case .commitFailed(let round): return "commit of round \(round) failed"
+        case .tick: return "tick"
+        }
+    }
+}
+
+/// One random job: the leader, and a model of what it must do, input by input.
+struct LeaderWalk {
+    var random: SeededGenerator
+    let nodeCount: Int
+    let localRanks: Int
+    let policy: ClusterLeader.Policy
+    let command = ["python", "train.py"]
+    let leaderJoin: ClusterJoin
+    let record: String?
+    var leader: ClusterLeader
+    var now = Instant.seconds(1000)
+    let header: String
+    /// Every input and what the leader said, formatted only when a walk fails (formatting is slow).
+    var log: [(now: Instant, input: LeaderInput, actions: [ClusterLeader.Action])] = []
+
+    var trace: [String] {
+        [header] + log.flatMap { entry in
+            ["\(entry.now) \(entry.input)"] + entry.actions.compactMap { action in
+                if case .report = action { return nil }
+                return "  -> \(action)"
+            }
+        }
+    }
+
+    // The model.
+    enum Stage { case gathering, running, aborted }
+    var stage = Stage.gathering
+    let rendezvousDeadline: Instant
+    var joins: [Int: ClusterJoin]
+    var living: Set<Int> = []
+    var jobFailed = false
+    var stopTrigger: Trigger?
+    var stopSignals: [Int: Int] = [:]
+    /// When the next periodic checkpoint round is due (none once one is running).
+    var periodicDue: Instant?
+    var lastRoundID = 0
+    var round: Round?
+    /// The rounds whose commit was asked for.
+    var commitsAsked: Set<Int> = []
+    /// The round whose commit the leader asked for and nobody answered yet.
+    var pendingCommit: Int?
+    var launches = 0
+    /// The milestones this walk reached.
+    var seen: Set<String> = []
+    static let milestones = [
+        "launch", "launch of one node", "refused: disagreement", "refused: timeout", "left before launch", "stop", "checkpoint",
+        "periodic", "superseded", "step", "step at the alignment deadline", "commit", "committed", "commit failed",
+        "round failed by a node", "grace expired", "ended before confirming", "escalation", "first signal again",
+        "node failed", "every node ended",
+    ]
+
+    enum Kind { case stop, checkpoint }
+    struct Round {
+        let id: Int
+        let kind: Kind
+        let trigger: String
+        let startedAt: Instant
+        var positions: [Int: Int?] = [:]
+        var decided = false
+        var step: Int?
+        var confirmations: [Int: (step: Int, paths: [CheckpointPath?])] = [:]
+        var failed = false
+        var commitAsked = false
+    }
+
+    /// What one input must make the leader do, besides its reports.
+    struct Expected {
+        var commands: [Int: [ClusterCommand]] = [:]
+        var commit: ClusterLeader.Action?
+        /// The exact line of an abort, or words it must contain.
+        var abortLine: String?
+        var abortNaming: [String]?
+        /// Who caused a job failure: every `nodeFailed` line names it.
+        var failedNode: Int?
+
+        mutating func toEach(_ nodes: some Sequence<Int>, _ command: ClusterCommand) {
+            for node in nodes.sorted() { commands[node, default: []].append(command) }
+        }
+    }
+
+    var ended: Bool { stage == .aborted || stage == .running && living.isEmpty }
+
+    init(seed: UInt64) {
+        random = SeededGenerator(seed: seed)
+        nodeCount = Int.random(in: 1...4, using: &random)
+        localRanks = Int.random(in: 1...3, using: &random)
+        policy = ClusterLeader.Policy(
+            grace: random.pick([1, 2, 5]), alignTimeout: random.pick([0.2, 0.5, 1]),
+            checkpointEvery: random.chance(0.4) ? random.pick([0.5, 2, 4]) : nil,
+            rendezvousTimeout: random.pick([2, 5, 20]))
+        let commit: ClusterJoin.Commit? = random.chance(0.5) ? .init(runID: "run-a", step: random.pick([0, 50, 100])) : nil
+        leaderJoin = ClusterJoin(node: 0, nodeCount: nodeCount, localRanks: localRanks, command: command, commit: commit, host: "n0")
+        record = commit.map { "{\"step\":\($0.step)}" }
+        leader = ClusterLeader(leader: leaderJoin, runID: "run-b", record: record, policy: policy, now: now)
+        joins = [0: leaderJoin]
+        // A job of one node has nobody to wait for: it launches at once.
+        rendezvousDeadline = nodeCount == 1 ? now : now + policy.rendezvousTimeout
+        header = "\(nodeCount) node(s) of \(localRanks) rank(s), \(policy), leader's commit \(commit.map { "\($0)" } ?? "none")"
+    }
+
+    mutating func run() throws(Violation) {
+        for _ in 0..<Int.random(in: 0...150, using: &random) { try randomStep() }
+        var steps = 0
+        while !ended {
+            steps += 1
+            guard steps < 500 else { throw Violation(message: "liveness: the job did not end") }
+            try drainStep()
+        }
+        // Over: whatever comes, the leader says nothing but reports.
+        for input in [LeaderInput.tick, .message(.trigger(.signal(SignalNumber.interrupt)), from: 0), .lost(node: nodeCount - 1),
+                      .message(.checkpointRequest("SIGUSR2"), from: 0), .commitWritten(round: lastRoundID)] {
+            now = now + 100
+            try send(input)
+        }
+    }
+
+    // MARK: Inputs
+
+    mutating func randomStep() throws(Violation) {
+        if random.chance(0.4) { now = now + random.pick([0, 0.01, 0.1, 0.3]) }
+        switch stage {
+        case .gathering:
+            let choice = Int.random(in: 0..<100, using: &random)
+            let waiting = (1..<max(1, nodeCount)).filter { joins[$0] == nil }
+            switch choice {
+            case 0..<55:
+                guard let node = waiting.randomElement(using: &random) else { return try send(.tick) }
+                try send(.join(random.chance(0.05) ? inconsistentJoin(node) : consistentJoin(node)))
+            case 55..<60:
+                try send(.join(inconsistentJoin(random.pick(Array(0..<nodeCount)))))
+            case 60..<70:
+                try send(.lost(node: Int.random(in: 0..<nodeCount, using: &random)))
+            case 70..<95:
+                now = now + random.pick([0.05, 0.2, 0.5])
+                try send(.tick)
+            default:
+                now = max(now, leader.nextDeadline ?? now)
+                try send(.tick)
+            }
+        case .aborted:
+            try send(random.chance(0.5) ? .tick : .join(consistentJoin(max(0, nodeCount - 1))))
+        case .running:
+            try runningStep()
+        }
+    }
+
+    mutating func runningStep() throws(Violation) {
+        let anyNode = Int.random(in: 0..<nodeCount, using: &random)
+        let node = living.randomElement(using: &random) ?? anyNode
+        let roundID = round?.id ?? lastRoundID
+        let choice = Int.random(in: 0..<100, using: &random)
+        switch choice {
+        case 0..<12:
+            now = now + random.pick([0.05, 0.1, 0.3, 1, policy.grace])
+            try send(.tick)
+        case 12..<18:
+            if let deadline = leader.nextDeadline, deadline > now { now = deadline }
+            try send(.tick)
+        case 18..<45:
+            try cooperate(node)
+        case 45..<50:
+            let furthest: Int? = random.chance(0.2) ? nil : random.pick([0, 7, 1000, maximumMessageInteger - 1, maximumMessageInteger, Int.max])
+            try send(.message(.position(round: roundID + random.pick([0, 0, 0, -1, 1]), furthest: furthest), from: random.chance(0.9) ? node : anyNode))
+        case 50..<56:
+            let decided = round?.step ?? 11
+            let step = random.chance(0.6) ? decided : random.pick([0, decided + 1, max(0, decided - 1), maximumMessageInteger])
+            let count = random.chance(0.85) ? localRanks : random.pick([0, localRanks + 1, max(0, localRanks - 1)])
+            try send(.message(.confirmed(round: roundID + random.pick([0, 0, 0, -1, 1]), step: step, paths: paths(node, step: step, count: count)),
+                              from: random.chance(0.9) ? node : anyNode))
+        case 56..<63:
+            try send(.message(.trigger(randomTrigger()), from: random.chance(0.9) ? node : anyNode))
+        case 63..<67:
+            try send(.message(.checkpointRequest(random.pick(["SIGUSR2", "control"])), from: node))
+        case 67..<71:
+            try send(.message(.roundFailed(round: roundID + random.pick([0, 0, 1]), "a rank ended"), from: node))
+        case 71..<73:
+            try send(.message(.rankFailed("rank \(node * localRanks) failed"), from: node))
+        case 73..<75:
+            try send(.lost(node: anyNode))
+        case 75..<79:
+            try send(.message(.finished(exitCode: random.pick([0, 1, 2, 143])), from: node))
+        case 79..<90:
+            if let pending = pendingCommit {
+                try send(random.chance(0.85) ? .commitWritten(round: pending) : .commitFailed(round: pending))
+            } else if random.chance(0.2) {
+                try send(.commitWritten(round: roundID))
+            }
+        case 90..<94:
+            try send(.join(consistentJoin(node)))
+        default:
+            try send(.message(.ping, from: node))
+        }
+    }
+
+    /// What a well-behaved node does next in the round in flight: its position, then its confirmation.
+    mutating func cooperate(_ node: Int) throws(Violation) {
+        guard let current = round else {
+            if random.chance(0.5) { try send(.message(.checkpointRequest("SIGUSR2"), from: node)) }
+            return
+        }
+        if !current.decided, current.positions[node] == nil {
+            let base = 100 * current.id
+            try send(.message(.position(round: current.id, furthest: random.chance(0.2) ? nil : base + Int.random(in: 0...2, using: &random)), from: node))
+        } else if current.decided, current.confirmations[node] == nil {
+            let step = current.step ?? 100 * current.id + 3
+            try send(.message(.confirmed(round: current.id, step: step, paths: paths(node, step: step, count: localRanks)), from: node))
+        } else {
+            try send(.message(.ping, from: node))
+        }
+    }
+
+    mutating func drainStep() throws(Violation) {
+        switch stage {
+        case .gathering:
+            now = max(now, leader.nextDeadline ?? now)
+            try send(.tick)
+        case .aborted:
+            break
+        case .running:
+            if let pending = pendingCommit {
+                try send(random.chance(0.8) ? .commitWritten(round: pending) : .commitFailed(round: pending))
+            } else if random.chance(0.3), let node = living.randomElement(using: &random) {
+                try cooperate(node)
+            } else if let node = living.randomElement(using: &random) {
+                try send(.message(.finished(exitCode: random.pick([0, 2, 130])), from: node))
+            }
+        }
+    }
+
+    mutating func paths(_ node: Int, step: Int, count: Int) -> [CheckpointPath?] {
+        (0..<count).map { rank in random.chance(0.1) ? nil : CheckpointPath("n\(node)r\(rank)s\(step)") }
+    }
+
+    mutating func randomTrigger() -> Trigger {
+        random.pick([.controlFile, .signal(SignalNumber.terminate), .signal(SignalNumber.interrupt), .signal(SignalNumber.user1),
+                     .quit(SignalNumber.quit), .quit(SignalNumber.abort)])
+    }
+
+    mutating func consistentJoin(_ node: Int) -> ClusterJoin {
+        var commit: ClusterJoin.Commit?
+        if let own = leaderJoin.commit, random.chance(0.6) {
+            commit = random.chance(0.5) ? own : .init(runID: random.pick(["run-a", "run-old"]), step: own.step - Int.random(in: 1...10, using: &random))
+        }
+        return ClusterJoin(node: node, nodeCount: nodeCount, localRanks: localRanks, command: command, commit: commit, host: "n\(node)")
+    }
+
+    mutating func inconsistentJoin(_ node: Int) -> ClusterJoin {
+        var join = consistentJoin(node)
+        switch Int.random(in: 0..<6, using: &random) {
+        case 0: join.nodeCount = nodeCount + random.pick([1, 3])
+        case 1:
+            join.node = nodeCount + Int.random(in: 0...2, using: &random)
+            join.host = "n\(join.node)"
+        case 2:
+            join.node = random.pick(Array(joins.keys))
+            join.host = "impostor"
+        case 3: join.localRanks = localRanks + 1
+        case 4: join.command = command + ["--other"]
+        default:
+            if let own = leaderJoin.commit {
+                join.commit = random.chance(0.5) ? .init(runID: own.runID, step: own.step + 1) : .init(runID: "run-z", step: own.step)
+            } else {
+                join.commit = .init(runID: "run-a", step: 3)
+            }
+        }
+        return join
+    }
+
+    // MARK: The model: what the leader must do
+
+    /// The rendezvous' rule: the same node count, rank count and command, an unclaimed rank of the
+    /// job, and a commit that is the leader's or older.
+    func disagrees(_ join: ClusterJoin) -> Bool {
+        if join.nodeCount != nodeCount || !(0..<nodeCount).contains(join.node) || joins[join.node] != nil { return true }
+        if join.localRanks != localRanks || join.command != command { return true }
+        guard let commit = join.commit else { return false }
+        guard let own = leaderJoin.commit else { return true }
+        return !(commit == own || commit.step < own.step)
+    }
+
+    func alignDeadline(_ round: Round) -> Instant { round.startedAt + policy.alignTimeout + ClusterLeader.Policy.networkMargin }
+    func graceDeadline(_ round: Round) -> Instant { round.startedAt + policy.grace + ClusterLeader.Policy.networkMargin }
+
+    /// Updates the model for `input` and says what the leader must do.
+    mutating func expectation(_ input: LeaderInput) -> Expected {
+        var expected = Expected()
+        switch (stage, input) {
+        case (.gathering, .join(let join)):
+            if disagrees(join) {
+                seen.insert("refused: disagreement")
+                expected.abortNaming = [join.host, "\(join.node)"]
+                expected.toEach(joins.keys.filter { $0 != 0 }, .refused(""))
+                stage = .aborted
+            } else {
+                joins[join.node] = join
+                if joins.count == nodeCount { launch(&expected) }
+            }
+        case (.gathering, .lost(let node)):
+            if node != 0, joins.removeValue(forKey: node) != nil { seen.insert("left before launch") }
+        case (.gathering, .tick):
+            guard now >= rendezvousDeadline else { break }
+            if joins.count == nodeCount {
+                launch(&expected)
+            } else {
+                seen.insert("refused: timeout")
+                let missing = (0..<nodeCount).filter { joins[$0] == nil }.map(String.init).joined(separator: ", ")
+                expected.abortLine = "node(s) \(missing) did not join within \(format(policy.rendezvousTimeout))s (--rdzv-timeout)"
+                expected.toEach(joins.keys.filter { $0 != 0 }, .refused(""))
+                stage = .aborted
+            }
+        case (.running, .lost(let node)):
+            if living.remove(node) != nil { failJob(origin: node, &expected) }
+        case (.running, .message(let message, let node)):
+            guard living.contains(node) else { break }
+            receive(message, from: node, &expected)
+        case (.running, .commitWritten(let id)):
+            if pendingCommit == id { pendingCommit = nil }
+            guard let current = round, current.id == id, current.commitAsked else { break }
+            seen.insert("committed")
+            expected.toEach(living, .committed(round: id, record: "record \(id)"))
+            pendingCommit = nil
+            endRound()
+        case (.running, .commitFailed(let id)):
+            if pendingCommit == id { pendingCommit = nil }
+            guard var current = round, current.id == id, current.commitAsked else { break }
+            pendingCommit = nil
+            current.commitAsked = false
+            current.failed = true
+            round = current
+            seen.insert("commit failed")
+            failRound(origin: nil, &expected)
+        case (.running, .tick):
+            guard !living.isEmpty else { break }
+            if let current = round {
+                if !current.decided, now >= alignDeadline(current) {
+                    seen.insert("step at the alignment deadline")
+                    decide(&expected)
+                } else if current.decided, !current.failed, !current.commitAsked, now >= graceDeadline(current) {
+                    round?.failed = true
+                    seen.insert("grace expired")
+                    failRound(origin: nil, &expected)
+                }
+            } else if stopTrigger == nil, !jobFailed, let due = periodicDue, now >= due {
+                seen.insert("periodic")
+                periodicDue = nil
+                startRound(.checkpoint, trigger: "periodic", &expected)
+            }
+        case (.gathering, _), (.running, .join), (.aborted, _):
+            break
+        }
+        return expected
+    }
+
+    mutating func launch(_ expected: inout Expected) {
+        seen.insert(nodeCount == 1 ? "launch of one node" : "launch")
+        stage = .running
+        living = Set(0..<nodeCount)
+        periodicDue = policy.checkpointEvery.map { now + $0 }
+        expected.toEach(0..<nodeCount, .launch(ClusterWorld(runID: "run-b", nodeCount: nodeCount, localRanks: localRanks), record: record))
+    }
+
+    mutating func receive(_ message: ClusterNodeMessage, from node: Int, _ expected: inout Expected) {
+        switch message {
+        case .join, .ping:
+            break
+        case .trigger(let trigger):
+            guard let first = stopTrigger else {
+                stopTrigger = trigger
+                if trigger.signalNumber != nil { stopSignals[node] = 1 }
+                startRound(.stop, trigger: trigger.description, stop: trigger, &expected)
+                return
+            }
+            guard trigger.signalNumber != nil else { return }
+            let count = stopSignals[node, default: 0] + 1
+            stopSignals[node] = count
+            // A node's second signal insists; so does a quit during a stop that was no quit. A quit
+            // reaching every node (one scheduler's) is one request, as a SIGTERM reaching every node is.
+            if count >= 2 || trigger.isQuit && !first.isQuit {
+                seen.insert("escalation")
+                expected.toEach(living, .escalate(trigger))
+            } else {
+                seen.insert("first signal again")
+            }
+        case .checkpointRequest(let trigger):
+            if round == nil, stopTrigger == nil, !jobFailed { startRound(.checkpoint, trigger: trigger, &expected) }
+        case .position(let id, let furthest):
+            guard var current = round, current.id == id, !current.decided, current.positions[node] == nil else { return }
+            current.positions[node] = .some(furthest)
+            round = current
+            if living.allSatisfy({ current.positions[$0] != nil }) { decide(&expected) }
+        case .confirmed(let id, let step, let paths):
+            guard var current = round, current.id == id, current.decided, current.confirmations[node] == nil,
+                  !current.failed, !current.commitAsked, now < graceDeadline(current)
+            else { return }
+            if paths.count != localRanks || current.step.map({ $0 != step }) ?? false {
+                round?.failed = true
+                return failRound(origin: nil, &expected)
+            }
+            current.confirmations[node] = (step, paths)
+            round = current
+            guard current.confirmations.count == nodeCount else { return }
+            guard Set(current.confirmations.values.map(\.step)).count == 1 else {
+                round?.failed = true
+                return failRound(origin: nil, &expected)
+            }
+            round?.commitAsked = true
+            seen.insert("commit")
+            pendingCommit = id
+            let all = (0..<nodeCount).flatMap { current.confirmations[$0]!.paths }
+            expected.commit = .commit(round: id, step: step, paths: all, trigger: current.trigger)
+        case .roundFailed(let id, _):
+            guard let current = round, current.id == id, !current.failed, !current.commitAsked else { return }
+            round?.failed = true
+            seen.insert("round failed by a node")
+            failRound(origin: node, &expected)
+        case .rankFailed:
+            failJob(origin: node, &expected)
+        case .finished:
+            living.remove(node)
+            if let current = round, !current.failed, !current.commitAsked, current.confirmations[node] == nil {
+                round?.failed = true
+                seen.insert("ended before confirming")
+                failRound(origin: node, &expected)
+            }
+            if living.isEmpty {
+                seen.insert("every node ended")
+                round = nil
+            }
+        }
+    }
+
+    mutating func startRound(_ kind: Kind, trigger: String, stop: Trigger? = nil, _ expected: inout Expected) {
+        seen.insert(kind == .stop ? "stop" : "checkpoint")
+        if round != nil { seen.insert("superseded") }
+        lastRoundID += 1
+        round = Round(id: lastRoundID, kind: kind, trigger: trigger, startedAt: now)
+        if jobFailed { round?.failed = true }
+        expected.toEach(living, stop.map { .stop(round: lastRoundID, $0) } ?? .checkpoint(round: lastRoundID, trigger: trigger))
+    }
+
+    /// One step for the whole job, 1 + the furthest position any node reported; none can follow the
+    /// largest integer a message carries.
+    mutating func decide(_ expected: inout Expected) {
+        guard var current = round, !current.decided else { return }
+        current.decided = true
+        let furthest = current.positions.values.compactMap { $0 }.max()
+        if let furthest, furthest >= maximumMessageInteger {
+            let wasFailed = current.failed
+            current.failed = true
+            round = current
+            if !wasFailed { failRound(origin: nil, &expected) }
+            return
+        }
+        current.step = furthest.map { $0 + 1 }
+        round = current
+        seen.insert("step")
+        expected.toEach(living, .step(round: current.id, step: current.step))
+    }
+
+    /// Every living node but the one that reported it hears that the round failed; a checkpoint
+    /// round ends there.
+    mutating func failRound(origin: Int?, _ expected: inout Expected) {
+        guard let current = round else { return }
+        expected.toEach(living.filter { $0 != origin }, .roundFailed(round: current.id, ""))
+        if current.kind == .checkpoint { endRound() }
+    }
+
+    mutating func failJob(origin: Int, _ expected: inout Expected) {
+        seen.insert("node failed")
+        jobFailed = true
+        expected.failedNode = origin
+        if let current = round, !current.failed, !current.commitAsked {
+            round?.failed = true
+            expected.toEach(living.filter { $0 != origin }, .roundFailed(round: current.id, ""))
+        }
+        expected.toEach(living.filter { $0 != origin }, .nodeFailed(""))
+    }
+
+    mutating func endRound() {
+        if round?.kind == .checkpoint, let every = policy.checkpointEvery { periodicDue = now + every }
+        round = nil
+    }
+
+    // MARK: Feeding one input and checking every guarantee
+
+    mutating func send(_ input: LeaderInput) throws(Violation) {
+        log.append((now, input, []))
+        let before = (stage: stage, living: living, round: round, stopTrigger: stopTrigger, jobFailed: jobFailed)
+        let expected = expectation(input)
+        let actions: [ClusterLeader.Action]
+        switch input {
+        case .join(let join): actions = leader.joined(join, now: now)
+        case .lost(let node): actions = leader.lost(node: node, reason: "reset", now: now)
+        case .message(let message, let node): actions = leader.received(message, from: node, now: now)
+        case .commitWritten(let round): actions = leader.commitWritten(round: round, record: "record \(round)", now: now)
+        case .commitFailed(let round): actions = leader.commitFailed(round: round, reason: "disk full", now: now)
+        case .tick: actions = leader.tick(now: now)
+        }
+        log[log.count - 1].actions = actions
+        for case .report(let report) in actions { _ = report.description }
+        try checkGuarantees(input, actions, before: before)
+        try compare(actions, expected)
+        try checkState()
+    }
+
+    /// The guarantees of `ClusterLeader`'s doc comment, one by one, from what was fed and said.
+    mutating func checkGuarantees(
+        _ input: LeaderInput, _ actions: [ClusterLeader.Action],
+        before: (stage: Stage, living: Set<Int>, round: Round?, stopTrigger: Trigger?, jobFailed: Bool)
+    ) throws(Violation) {
+        var launched: [Int] = []
+        var refused: [Int] = []
+        var aborts: [String] = []
+        var started: [Int: [Int]] = [:]
+        var steps: [Int: Int?] = [:]
+        var escalated: [Int] = []
+        var nodeFailed: [Int] = []
+        for action in actions {
+            switch action {
+            case .send(let node, .launch):
+                launched.append(node)
+            case .send(let node, .refused):
+                refused.append(node)
+            case .abort(let line):
+                aborts.append(line)
+            case .send(let node, let command):
+                try expect(before.stage == .running, "\(command) to node \(node) before the launch")
+                try expect(living.contains(node), "\(command) to node \(node), which is not running")
+                switch command {
+                case .stop(let id, _), .checkpoint(let id, _): started[id, default: []].append(node)
+                case .step(let id, let step):
+                    try expect(id == round?.id ?? before.round?.id, "a step for round \(id), not the round in flight")
+                    try expect(steps.updateValue(step, forKey: node) == nil, "two steps for node \(node)")
+                case .escalate: escalated.append(node)
+                case .nodeFailed: nodeFailed.append(node)
+                default: break
+                }
+            case .commit(let id, _, _, _):
+                // `.commit` at most once per round, only when every node confirmed the round's step in
+                // that round and no node reported a problem with it, before the round's deadline.
+                guard let current = before.round, current.id == id else { throw Violation(message: "a commit of round \(id), not the round in flight") }
+                try expect(commitsAsked.insert(id).inserted, "a second commit of round \(id)")
+                try expect(!before.jobFailed, "a commit of round \(id) after a rank failed or a node was lost")
+                try expect(!current.failed, "a commit of round \(id), which failed")
+                try expect(now < graceDeadline(current), "a commit of round \(id) after its deadline")
+                try expect(round?.confirmations.count == nodeCount, "a commit of round \(id) before every node confirmed")
+            case .report:
+                break
+            }
+        }
+        // `.launch` to every node at once, only once every node joined and agreed.
+        if !launched.isEmpty {
+            launches += 1
+            try expect(launches == 1, "a second launch")
+            try expect(launched == Array(0..<nodeCount), "launch to \(launched), not every node")
+            try expect(joins.count == nodeCount && joins.values.allSatisfy { !disagreesIgnoringClaim($0) },
+                       "a launch before every node joined and agreed")
+        }
+        // Any disagreement refuses every joined node, before any launch, naming the node at fault.
+        if !aborts.isEmpty || !refused.isEmpty {
+            try expect(launches == 0, "refused after the launch")
+            try expect(aborts.count == 1, "\(aborts.count) aborts")
+            try expect(Set(refused) == Set(joins.keys.filter { $0 != 0 }) && refused.count == joins.count - 1,
+                       "refused \(refused), not every joined node")
+            if case .join(let join) = input { try expect(aborts[0].contains(join.host), "the refusal does not name \(join.host): \(aborts[0])") }
+        }
+        // At most one round in flight; every living node gets the same round's stop/checkpoint.
+        for (id, nodes) in started {
+            try expect(started.count == 1, "two rounds started at once")
+            try expect(Set(nodes) == living && nodes.count == living.count, "round \(id) reached \(nodes), not every living node \(living.sorted())")
+            if let previous = before.round {
+                try expect(previous.kind == .checkpoint && round?.kind == .stop, "round \(id) started while round \(previous.id) was in flight")
+            }
+        }
+        // ... then the same step.
+        if !steps.isEmpty {
+            try expect(Set(steps.keys) == living, "the step reached \(steps.keys.sorted()), not every living node \(living.sorted())")
+            try expect(Set(steps.values.map { $0.map(String.init) ?? "nil" }).count == 1, "different steps \(steps)")
+        }
+        // The first trigger starts the one stop; later ones escalate only when a node repeats its signal.
+        if !escalated.isEmpty {
+            guard case .message(.trigger(let trigger), let node) = input, let first = before.stopTrigger else {
+                throw Violation(message: "an escalation on \(input)")
+            }
+            try expect(trigger.signalNumber != nil, "the control file escalated")
+            try expect(stopSignals[node, default: 0] >= 2 || trigger.isQuit && !first.isQuit,
+                       "node \(node)'s first \(trigger) escalated a stop by \(first)")
+            try expect(Set(escalated) == living, "the escalation reached \(escalated), not every living node")
+        }
+        // A lost node, or a node whose rank failed, makes every other living node get `nodeFailed`.
+        if !nodeFailed.isEmpty {
+            let origin: Int
+            switch input {
+            case .lost(let node), .message(.rankFailed, let node): origin = node
+            default: throw Violation(message: "nodeFailed on \(input)")
+            }
+            try expect(Set(nodeFailed) == living.subtracting([origin]), "nodeFailed reached \(nodeFailed), not every other living node")
+        }
+    }
+
+    /// The rendezvous rule for a join already accepted (its rank is its own).
+    func disagreesIgnoringClaim(_ join: ClusterJoin) -> Bool {
+        if join.node == 0 { return false }
+        var others = self
+        others.joins[join.node] = nil
+        return others.disagrees(join)
+    }
+
+    /// The leader said exactly what the model expects, reports aside and reasons compared by who they name.
+    func compare(_ actions: [ClusterLeader.Action], _ expected: Expected) throws(Violation) {
+        var commands: [Int: [ClusterCommand]] = [:]
+        var commits: [ClusterLeader.Action] = []
+        var aborts: [String] = []
+        var refusals: [String] = []
+        for action in actions {
+            switch action {
+            case .send(let node, let command):
+                var shape = command
+                switch command {
+                case .roundFailed(let id, _): shape = .roundFailed(round: id, "")
+                case .nodeFailed(let reason):
+                    shape = .nodeFailed("")
+                    if let origin = expected.failedNode {
+                        try expect(reason.contains("node \(origin)"), "nodeFailed does not name node \(origin): \(reason)")
+                    }
+                case .refused(let reason):
+                    shape = .refused("")
+                    refusals.append(reason)
+                default: break
+                }
+                commands[node, default: []].append(shape)
+            case .commit: commits.append(action)
+            case .abort(let line): aborts.append(line)
+            case .report: break
+            }
+        }
+        try expect(commands == expected.commands, "commands \(commands.sorted { $0.key < $1.key }), expected \(expected.commands.sorted { $0.key < $1.key })")
+        try expect(commits == (expected.commit.map { [$0] } ?? []), "commits \(commits), expected \(String(describing: expected.commit))")
+        if let line = expected.abortLine {
+            try expect(aborts == [line], "abort \(aborts), expected \(line)")
+        } else if let names = expected.abortNaming {
+            try expect(aborts.count == 1 && names.allSatisfy { aborts[0].contains($0) }, "abort \(aborts) does not name \(names)")
+        } else {
+            try expect(aborts.isEmpty, "an unexpected abort \(aborts)")
+        }
+        try expect(refusals.allSatisfy { aborts.contains($0) }, "a refusal \(refusals) that is not the abort's line \(aborts)")
+    }
+
+    func checkState() throws(Violation) {
+        switch stage {
+        case .gathering:
+            try expect(leader.phase == .gathering(deadline: rendezvousDeadline), "phase \(leader.phase), expected gathering")
+            try expect(leader.nextDeadline == rendezvousDeadline, "the rendezvous has no deadline")
+        case .aborted:
+            try expect(leader.phase == .aborted, "phase \(leader.phase), expected aborted")
+        case .running:
+            try expect(leader.phase == .running, "phase \(leader.phase), expected running")
+            try expect(leader.living == living, "living \(leader.living.sorted()), expected \(living.sorted())")
+            try expect(leader.failed == jobFailed, "failed: \(leader.failed)")
+            try expect(leader.stopTrigger == stopTrigger, "stop trigger \(String(describing: leader.stopTrigger))")
+            try expect(leader.allEnded == living.isEmpty, "allEnded: \(leader.allEnded)")
+            guard !living.isEmpty else { return }
+            // Liveness: a round in flight always has a deadline, or completes.
+            if let current = round {
+                if !current.decided {
+                    try expect(leader.nextDeadline == alignDeadline(current), "round \(current.id) waits for positions without its deadline (\(String(describing: leader.nextDeadline)))")
+                } else if !current.failed && !current.commitAsked {
+                    try expect(leader.nextDeadline == graceDeadline(current), "round \(current.id) waits for confirmations without its deadline (\(String(describing: leader.nextDeadline)))")
+                }
+            } else if stopTrigger == nil, !jobFailed, policy.checkpointEvery != nil {
+                try expect(leader.nextDeadline == periodicDue && periodicDue != nil,
+                           "the next periodic checkpoint is due at \(String(describing: leader.nextDeadline)), expected \(String(describing: periodicDue))")
+            }
+        }
+    }
+
+    func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws(Violation) {
+        if !condition { throw Violation(message: message()) }
+    }
+}
+
+extension Trigger {
+    var isQuit: Bool {
+        if case .quit = self { return true }
+        return false
+    }
+}
