@@ -87,6 +87,8 @@ public struct ClusterLeader: Sendable {
     /// Per node, the stop signals it sent during the stop; its second one escalates.
     private var stopSignals: [Int: Int] = [:]
     private var leaderRecord: String?
+    /// Nodes that said they finished (not lost).
+    private var finished: Set<Int> = []
 
     /// `leader` is node 0's own join; `record` its commit record's JSON, sent to every node at launch.
     public init(leader: ClusterJoin, runID: String, record: String?, policy: Policy, now: Instant) {
@@ -194,8 +196,9 @@ public struct ClusterLeader: Sendable {
     public mutating func received(_ message: ClusterNodeMessage, from node: Int, now: Instant) -> [Action] {
         guard phase == .running else { return [] }
         guard living.contains(node) else {
-            // A node whose ranks ended may still ask for the others' stop (the leader's own operator).
-            if case .trigger(let trigger) = message, joins[node] != nil, !living.isEmpty {
+            // The leader's own node finished but its coordinator serves on: its operator may still
+            // stop the others. A lost node is gone: nothing it says counts.
+            if case .trigger(let trigger) = message, node == 0, finished.contains(0), !living.isEmpty {
                 return receiveTrigger(trigger, from: node, now: now)
             }
             return []
@@ -225,6 +228,7 @@ public struct ClusterLeader: Sendable {
             return failJob("node \(node): \(reason)", except: node)
         case .finished(let code):
             living.remove(node)
+            finished.insert(node)
             var actions: [Action] = [.report(.nodeFinished(node: node, exitCode: code))]
             if let current = round, !current.failed, !current.commitAsked, current.confirmations[node] == nil {
                 round?.failed = true

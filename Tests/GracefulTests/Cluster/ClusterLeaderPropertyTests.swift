@@ -84,6 +84,8 @@ struct LeaderWalk {
     let rendezvousDeadline: Instant
     var joins: [Int: ClusterJoin]
     var living: Set<Int> = []
+    /// Nodes that said they finished (not lost).
+    var finished: Set<Int> = []
     var jobFailed = false
     var stopTrigger: Trigger?
     var stopSignals: [Int: Int] = [:]
@@ -367,7 +369,9 @@ struct LeaderWalk {
         case (.running, .lost(let node)):
             if living.remove(node) != nil { failJob(origin: node, &expected) }
         case (.running, .message(let message, let node)):
-            guard living.contains(node) else { break }
+            // The leader's own node, finished, may still ask for the others' stop.
+            let leadersOperator = if case .trigger = message { node == 0 && finished.contains(0) && !living.isEmpty } else { false }
+            guard living.contains(node) || leadersOperator else { break }
             receive(message, from: node, &expected)
         case (.running, .commitWritten(let id)):
             if pendingCommit == id { pendingCommit = nil }
@@ -473,6 +477,7 @@ struct LeaderWalk {
             failJob(origin: node, &expected)
         case .finished:
             living.remove(node)
+            finished.insert(node)
             if let current = round, !current.failed, !current.commitAsked, current.confirmations[node] == nil {
                 round?.failed = true
                 seen.insert("ended before confirming")
