@@ -446,16 +446,9 @@ public final class Supervisor {
 
     /// The leader's commit of the whole job's record.
     private func writeJobRecord(step: Int, paths: [CheckpointPath?], trigger: String) -> Result<String, ClusterSession.CommitFailure> {
-        let first = globalRank(0)
-        // Only this node's checkpoints are on a disk the leader surely sees; the others' nodes checked theirs.
-        let local = Array(paths[first..<min(paths.count, first + configuration.ranks)])
-        var checked: [CheckpointPath?] = Array(repeating: nil, count: first) + local
-        checked += Array(repeating: nil, count: max(0, paths.count - checked.count))
-        switch commit(step: step, paths: checked, trigger: trigger, writing: paths) {
-        case .commitWritten: return .success(lastRecord?.json ?? "")
-        case .commitFailed(let reason): return .failure(.init(reason: reason))
-        default: return .failure(.init(reason: "unexpected"))
-        }
+        // Every node checked its own ranks' files before confirming (the leader may not see them).
+        if let failure = writeRecord(step: step, paths: paths, trigger: trigger) { return .failure(.init(reason: failure)) }
+        return .success(lastRecord?.json ?? "")
     }
 
     /// Starts the auxiliary process, if the run has one, before any rank (msrun starts MindSpore's
@@ -625,8 +618,13 @@ public final class Supervisor {
                 break
             case .commit(let step, let paths, let trigger):
                 if let session {
-                    // This node's ranks confirmed: the leader commits for the whole job.
-                    if let round = leaderRound { session.tell(.confirmed(round: round.leader, step: step, paths: paths), now: clock()) }
+                    // This node's ranks confirmed: the leader commits for the whole job, once each
+                    // node checked its own ranks' files (the leader may not see this node's disk).
+                    if let missing = paths.indices.first(where: { paths[$0].map { !$0.exists } ?? false }) {
+                        apply(coordinator.handle(.commitFailed("rank \(globalRank(missing))'s checkpoint \(paths[missing]!) does not exist"), now: clock()))
+                    } else if let round = leaderRound {
+                        session.tell(.confirmed(round: round.leader, step: step, paths: paths), now: clock())
+                    }
                 } else {
                     apply(coordinator.handle(commit(step: step, paths: paths, trigger: trigger), now: clock()))
                 }
@@ -715,27 +713,28 @@ public final class Supervisor {
     }
 
     /// Writes the record if every reported checkpoint exists; the event to feed back.
-    /// Checks that `paths` exist, then writes the record of `writing` (the same paths, unless the
-    /// leader of a multi-node job checks only its own node's).
-    private func commit(step: Int, paths: [CheckpointPath?], trigger: String, writing: [CheckpointPath?]? = nil) -> CoordinatorEvent {
+    private func commit(step: Int, paths: [CheckpointPath?], trigger: String) -> CoordinatorEvent {
         for (rank, path) in paths.enumerated() {
             guard let path else { continue }
             if !path.exists {
                 return .commitFailed("rank \(rank)'s checkpoint \(path) does not exist")
             }
         }
+        return writeRecord(step: step, paths: paths, trigger: trigger).map { .commitFailed($0) } ?? .commitWritten
+    }
+
+    /// Writes the commit record atomically; nil, or why it failed (the previous record stands).
+    private func writeRecord(step: Int, paths: [CheckpointPath?], trigger: String) -> String? {
         let record = CommitRecord(
-            runID: runID, step: step, paths: writing ?? paths, trigger: trigger, time: Self.timestamp(),
+            runID: runID, step: step, paths: paths, trigger: trigger, time: Self.timestamp(),
             directory: currentDirectory().flatMap { CheckpointPath(bytes: $0) })
-        guard preflight.lock.isStillHeld(in: preflight.runDirectory) else {
-            return .commitFailed(Self.runDirectoryLost(preflight.runDirectory))
-        }
+        guard preflight.lock.isStillHeld(in: preflight.runDirectory) else { return Self.runDirectoryLost(preflight.runDirectory) }
         do {
             try AtomicFile.write(record.json, to: preflight.runDirectory + "/" + CommitRecord.fileName)
             lastRecord = record
-            return .commitWritten
+            return nil
         } catch {
-            return .commitFailed("\(error)")
+            return "\(error)"
         }
     }
 
