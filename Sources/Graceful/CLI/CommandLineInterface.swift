@@ -145,7 +145,7 @@ public enum CommandLineInterface {
             }
         case "run": return try parseRun(Array(arguments.dropFirst()), host: host)
         case "torchrun": return try TorchrunCommandLine.parse(Array(arguments.dropFirst()), host: host)
-        case "msrun": return try MsrunOptions.parse(Array(arguments.dropFirst()))
+        case "msrun": return try MsrunOptions.parse(Array(arguments.dropFirst()), host: host)
         case "queue": return try QueueCommandLine.parse(Array(arguments.dropFirst()), host: host)
         default:
             if first.hasPrefix("-") {

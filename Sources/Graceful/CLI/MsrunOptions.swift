@@ -63,6 +63,11 @@ public enum MsrunOptions {
 
     /// Parses the arguments after `msrun`.
     public static func parse(_ arguments: [String]) throws(CommandLineInterface.UsageError) -> CommandLineInterface.Invocation {
+        try parse(arguments, host: .current)
+    }
+
+    /// Parses the arguments after `msrun` on `host` (its environment holds the job token).
+    static func parse(_ arguments: [String], host: CommandLineInterface.Host) throws(CommandLineInterface.UsageError) -> CommandLineInterface.Invocation {
         var workerNumber = 8
         var localWorkerNumber = 8
         var logDirectory = ""
@@ -200,7 +205,7 @@ public enum MsrunOptions {
                 name: "scheduler", logPath: join(logDirectory, "scheduler.log"), exitDeadline: schedulerTimeout)
         }
         if configuration.cluster != nil && configuration.masterPort == nil { configuration.masterPort = 8118 }
-        try CommandLineInterface.settleNodes(&configuration, host: .current, hint: hint)
+        try CommandLineInterface.settleNodes(&configuration, host: host, hint: hint)
         if configuration.cluster != nil, !logDirectory.isEmpty { configuration.runDirectory = logDirectory + "/node\(configuration.nodes.nodeRank)" }
         return .run(configuration)
     }

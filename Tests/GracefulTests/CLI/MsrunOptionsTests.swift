@@ -125,3 +125,27 @@ import Testing
         #expect(try CommandLineInterface.parse(["help", "msrun"]) == .help(MsrunOptions.help))
     }
 }
+
+/// msrun's multi-node form: one `graceful msrun` per node, the scheduler on node 0.
+@Suite struct MsrunSeveralNodesTests {
+    static let node = CommandLineInterface.Host(environment: ["GRACEFUL_JOB_TOKEN": "0123456789abcdef"], processors: 4, nvidiaDevices: 0)
+
+    func run(_ arguments: [String]) throws -> RunConfiguration {
+        guard case .run(let configuration) = try MsrunOptions.parse(arguments, host: Self.node) else {
+            throw CommandLineInterface.UsageError(message: "not a run")
+        }
+        return configuration
+    }
+
+    @Test func eachNodeRunsItsShareAndNodeZeroTheScheduler() throws {
+        let follower = try run(["--worker_num=8", "--local_worker_num=4", "--node_rank=1", "--master_addr=10.0.0.1", "--log_dir=logs", "train.py"])
+        #expect(follower.cluster?.nodeCount == 2 && follower.cluster?.nodeRank == 1)
+        #expect(follower.ranks == 4 && follower.masterAddress == "10.0.0.1" && follower.masterPort == 8118)
+        #expect(follower.auxiliary == nil)
+        #expect(follower.rankLogPaths == (4..<8).map { "logs/worker_\($0).log" })
+        #expect(follower.runDirectory == "logs/node1")
+        let leader = try run(["--worker_num=8", "--local_worker_num=4", "--node_rank=0", "--master_port=9000", "train.py"])
+        #expect(leader.auxiliary?.name == "scheduler" && leader.masterPort == 9000)
+        #expect(leader.rankLogPaths == (0..<4).map { "worker_\($0).log" })
+    }
+}
