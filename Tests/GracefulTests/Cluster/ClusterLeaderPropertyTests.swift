@@ -12,13 +12,9 @@ import Testing
 /// seed a failure prints).
 @Suite struct ClusterLeaderPropertyTests {
     @Test func randomWalksKeepEveryGuarantee() {
-        let environment = ProcessInfo.processInfo.environment
-        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
-        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 1500 : 1)
-        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
+        let seeds = propertySeeds(defaultRuns: 1500)
         var seen: Set<String> = []
-        for run in 0..<runs {
-            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+        for seed in seeds {
             var walk = LeaderWalk(seed: seed)
             do {
                 try walk.run()
@@ -29,7 +25,7 @@ import Testing
             seen.formUnion(walk.seen)
         }
         // The walks reach what the guarantees are about, or they would pass without checking it.
-        if runs >= 500 { #expect(Set(LeaderWalk.milestones).subtracting(seen).isEmpty, "never reached: \(Set(LeaderWalk.milestones).subtracting(seen).sorted())") }
+        if seeds.count >= 500 { #expect(Set(LeaderWalk.milestones).subtracting(seen).isEmpty, "never reached: \(Set(LeaderWalk.milestones).subtracting(seen).sorted())") }
     }
 }
 

@@ -10,12 +10,8 @@ import Testing
 /// seed a failure prints).
 @Suite struct LinkPropertyTests {
     @Test func randomStreamsDeliverInOrderAndRefuseEveryFault() {
-        let environment = ProcessInfo.processInfo.environment
-        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
-        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 300 : 1)
-        var seeds = SeededGenerator(seed: 0x11AC_0001)
-        for run in 0..<runs {
-            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+        let seeds = propertySeeds(defaultRuns: 300, start: 0x11AC_0001)
+        for seed in seeds {
             var stream = LinkStream(seed: seed)
             do {
                 try stream.run()

@@ -43,13 +43,9 @@ import Testing
 /// stop that could not commit (2), unless the leader's commit was written first (0).
 @Suite struct CoordinatorClusterPropertyTests {
     @Test func clusterMemberWalksKeepEveryGuarantee() {
-        let environment = ProcessInfo.processInfo.environment
-        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
-        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 3000 : 1)
-        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
+        let seeds = propertySeeds(defaultRuns: 3000)
         var seen: Set<String> = []
-        for run in 0..<runs {
-            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+        for seed in seeds {
             var walk = Walk(seed: seed, cluster: true)
             do {
                 try walk.run()
@@ -64,7 +60,7 @@ import Testing
             "told position", "step taken", "step taken while aligning", "commit", "stop committed", "commit voided",
             "rank failure told", "exit 0", "exit 1", "exit 2", "exit 128+N", "node failed while training", "node failed while stopping",
         ]
-        if runs >= 500 { #expect(milestones.subtracting(seen).isEmpty, "never reached: \(milestones.subtracting(seen).sorted())") }
+        if seeds.count >= 500 { #expect(milestones.subtracting(seen).isEmpty, "never reached: \(milestones.subtracting(seen).sorted())") }
     }
 }
 

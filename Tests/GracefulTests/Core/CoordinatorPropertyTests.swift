@@ -11,12 +11,8 @@ import Testing
 /// seed a failure prints).
 @Suite struct CoordinatorPropertyTests {
     @Test func randomWalksKeepEveryGuarantee() {
-        let environment = ProcessInfo.processInfo.environment
-        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
-        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 3000 : 1)
-        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
-        for run in 0..<runs {
-            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+        let seeds = propertySeeds(defaultRuns: 3000)
+        for seed in seeds {
             var walk = Walk(seed: seed)
             do {
                 try walk.run()

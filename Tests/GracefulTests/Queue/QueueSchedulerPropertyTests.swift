@@ -12,12 +12,8 @@ import Testing
 /// failure prints).
 @Suite struct QueueSchedulerPropertyTests {
     @Test func randomSweepsKeepEveryGuarantee() {
-        let environment = ProcessInfo.processInfo.environment
-        let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init)
-        let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? (replay == nil ? 300 : 1)
-        var seeds = SeededGenerator(seed: UInt64.random(in: 0...UInt64.max))
-        for run in 0..<runs {
-            let seed = run == 0 ? replay ?? seeds.next() : seeds.next()
+        let seeds = propertySeeds(defaultRuns: 300)
+        for seed in seeds {
             var sweep = ModelSweep(seed: seed)
             do {
                 try sweep.run()

@@ -1,3 +1,5 @@
+import Foundation
+
 /// SplitMix64: a deterministic generator, so a failing randomized test replays from its printed seed.
 struct SeededGenerator: RandomNumberGenerator {
     private var state: UInt64
@@ -21,4 +23,15 @@ struct SeededGenerator: RandomNumberGenerator {
     mutating func pick<T>(_ choices: [T]) -> T {
         choices[Int.random(in: 0..<choices.count, using: &self)]
     }
+}
+
+/// The seeds of a randomized test's runs: `GRACEFUL_PROPERTY_RUNS` of them (else `defaultRuns`),
+/// from a random start (or `start`, for a fixed sequence); `GRACEFUL_PROPERTY_SEED` replays that one
+/// run alone (the seed a failure prints).
+func propertySeeds(defaultRuns: Int, start: UInt64? = nil) -> [UInt64] {
+    let environment = ProcessInfo.processInfo.environment
+    if let replay = environment["GRACEFUL_PROPERTY_SEED"].flatMap(UInt64.init) { return [replay] }
+    let runs = environment["GRACEFUL_PROPERTY_RUNS"].flatMap(Int.init) ?? defaultRuns
+    var seeds = SeededGenerator(seed: start ?? UInt64.random(in: 0...UInt64.max))
+    return (0..<runs).map { _ in seeds.next() }
 }
