@@ -3,6 +3,7 @@
 // Every time printed is CLOCK_MONOTONIC in nanoseconds, which is one clock for every process.
 //
 //   graceful-bench-rank rank --results FILE [--step-time SECONDS] [--log-every SECONDS] [--relay-every K]
+//                            [--watch-doorbell K] [--epoch NANOSECONDS]
 //   graceful-bench-rank step-cost --calls N --repeats R --results FILE
 //   graceful-bench-rank peer-echo        (one timestamp line per read from fd 0, which may be a socket)
 //   graceful-bench-rank peer-signal      (one timestamp line per SIGUSR1)
@@ -100,6 +101,18 @@ final class RelayTimes: Sendable {
 /// coordinator's store woke it: the moment the request is in the memory every rank's `shouldStop`
 /// reads, overstated by one futex wake-up.
 ///
+/// With `--epoch T` (CLOCK_MONOTONIC ns, the same for every rank), steps keep to one grid for every
+/// rank, as ranks of a data-parallel job do through their collectives: step k is called at
+/// T + (k - 1) × step time (at once when the rank is late), and a rank starts at the step the grid is
+/// at, so a rank launched late is not seconds of steps behind the first one. Steps stay consecutive.
+///
+/// With `--watch-doorbell K`, every rank appends `confirmed RANK CONFIRMED RUNG` after its
+/// `checkpointed`: CONFIRMED is the moment just before it called `checkpointed`; RUNG is the wake-up
+/// of its doorbell waiter, which local rank 0 and every K-th local rank counting back from the last
+/// have (K = 1: every rank), 0 in the others (and when it did not wake within 5 s). The line is
+/// written once the stop is over for the rank, so no file is written while the stop fans out. The
+/// waiters are a sample: each is one more thread woken by the ring, on the CPUs the coordinators need.
+///
 /// Appends to the results file `hello RANK TIME` once the hello is sent and, in a relayed rank,
 /// `stop RANK DELIVERED ANSWERED TOLD RUNG` as soon as the stop step arrived (RUNG 0: no doorbell): on disk before anything
 /// the coordinator may do next (SIGTERM to every rank, when it judges the stop failed).
@@ -117,18 +130,29 @@ func runRank(_ arguments: [String]) -> Never {
     let worldSize = getenv("WORLD_SIZE").flatMap { Int(String(cString: $0)) } ?? 1
     let relayed = relayEvery > 0 && (index == 0 || (worldSize - 1 - index) % relayEvery == 0)
     let relay = relayed ? RelayTimes() : nil
+    let watchEvery = option("--watch-doorbell", in: arguments).flatMap(Int.init).map { max(1, $0) }
+    let localIndex = getenv("LOCAL_RANK").flatMap { Int(String(cString: $0)) } ?? index
+    let localSize = getenv("LOCAL_WORLD_SIZE").flatMap { Int(String(cString: $0)) } ?? worldSize
+    let watched = watchEvery.map { localIndex == 0 || (localSize - 1 - localIndex) % $0 == 0 } ?? false
+    // The doorbell waiter's stamps: the relay's, or, in a rank --watch-doorbell samples, a set of our own.
+    let doorbellTimes = relay ?? (watched ? RelayTimes() : nil)
+    let doorbellWoke = DispatchSemaphore(value: 0)
+    var watchingDoorbell = false
     var clientEnd: Int32 = -1
-    if let relay, let text = getenv("GRACEFUL_DOORBELL_FD"), let fd = Int32(String(cString: text)), let page = graceful_doorbell_map_fd(fd) {
+    if let doorbellTimes, let text = getenv("GRACEFUL_DOORBELL_FD"), let fd = Int32(String(cString: text)),
+       let page = graceful_doorbell_map_fd(fd) {
         // Mapped before the client starts, so the value it waits past is the one the client saw.
         let seen = graceful_doorbell_load(page)
         // The page stays mapped for the life of the process; its address crosses as a number.
         let address = UInt(bitPattern: page)
         let waiter = Thread {
             graceful_doorbell_wait(UnsafePointer(bitPattern: address)!, seen)
-            relay.rung.store(now(), ordering: .sequentiallyConsistent)
+            doorbellTimes.rung.store(now(), ordering: .sequentiallyConsistent)
+            doorbellWoke.signal()
         }
         waiter.name = "bench-doorbell"
         waiter.start()
+        watchingDoorbell = true
     }
     if relay != nil {
         var pair: [Int32] = [-1, -1]
@@ -148,18 +172,31 @@ func runRank(_ arguments: [String]) -> Never {
     appendLine(results, "hello \(rank.rank) \(hello)")
     writeAll(STDOUT_FILENO, "ready \(rank.rank)\n")
 
-    var step = 1
+    let stepNanoseconds = Int64(stepTime * 1e9)
+    let epoch = option("--epoch", in: arguments).flatMap { Int64($0) }
+    var step = epoch.map { max(1, Int((now() - $0) / stepNanoseconds) + 1) } ?? 1
     var nextLog = logEvery.map { now() + Int64($0 * 1e9) }
     while !rank.shouldStop(step: step) {
-        sleepNanoseconds(Int64(stepTime * 1e9))
+        if let epoch {
+            let left = epoch + Int64(step) * stepNanoseconds - now()
+            if left > 0 { sleepNanoseconds(left) }
+        } else {
+            sleepNanoseconds(stepNanoseconds)
+        }
         step += 1
         if let logEvery, let due = nextLog, now() >= due {
             writeAll(STDOUT_FILENO, "rank \(rank.rank) at step \(step)\n")
             nextLog = due + Int64(logEvery * 1e9)
         }
     }
+    let confirmed = now()
     rank.checkpointed(step: step, path: nil)
     if let relay, relay.checkpointForwarded.wait(timeout: .now() + 30) == .timedOut { fail("the relay did not forward checkpointed") }
+    if watchEvery != nil {
+        let rung = watchingDoorbell && doorbellWoke.wait(timeout: .now() + 5) == .success
+            ? doorbellTimes?.rung.load(ordering: .sequentiallyConsistent) ?? 0 : 0
+        appendLine(results, "confirmed \(rank.rank) \(confirmed) \(rung)")
+    }
     exit(0)
 }
 

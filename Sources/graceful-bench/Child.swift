@@ -131,6 +131,18 @@ final class Child {
         readOnce(milliseconds: milliseconds).open
     }
 
+    /// Waits up to `milliseconds` for output from any of `children`, then reads what each has waiting:
+    /// several coordinators at once, none of whose output waits on another's.
+    static func pump(_ children: [Child], milliseconds: Int32) {
+        var polled = children.flatMap { $0.streams.filter { $0 >= 0 } }.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        if polled.isEmpty {
+            sleep(seconds: Double(milliseconds) / 1000)
+            return
+        }
+        guard poll(&polled, nfds_t(polled.count), milliseconds) > 0 else { return }
+        for child in children { child.drain() }
+    }
+
     /// Reads until nothing is waiting.
     func drain() {
         while case (true, true) = readOnce(milliseconds: 0) {}

@@ -111,6 +111,10 @@ struct Limits {
 /// The floor under the stop fan-out at N ranks: this process writes one line to each of N AF_UNIX
 /// sockets in turn (what the coordinator does with `stop`), and N bare peers, each blocked in read,
 /// stamp their wake-up. Per trial: from before the first write to the last peer's wake-up.
+///
+/// With `loopback`, the sockets are TCP connections over 127.0.0.1 with TCP_NODELAY, as between
+/// coordinators: at N = 3, the floor under the leader's `stop` to three followers (no MAC, no
+/// coordinator work).
 struct RawFanOut {
     let ranks: Int
     let everyPeer: Summary
@@ -118,7 +122,7 @@ struct RawFanOut {
 
     var json: [String: Any] { ["ranks": ranks, "every_peer_ms": everyPeer.json, "per_peer_ms": perPeer.json] }
 
-    static func measure(_ workspace: Workspace, ranks: Int, trials: Int) throws -> RawFanOut {
+    static func measure(_ workspace: Workspace, ranks: Int, trials: Int, loopback: Bool = false) throws -> RawFanOut {
         var sockets: [Int32] = []
         var peers: [Child] = []
         defer {
@@ -128,7 +132,9 @@ struct RawFanOut {
         }
         for _ in 0..<ranks {
             var fds: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            if loopback {
+                fds = try loopbackPair()
+            } else if socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) != 0 {
                 throw BenchError("socketpair failed at \(sockets.count) peers (open files: ulimit -n)")
             }
             sockets.append(fds[0])
@@ -147,6 +153,36 @@ struct RawFanOut {
             each += woken
         }
         return RawFanOut(ranks: ranks, everyPeer: Summary(every), perPeer: Summary(each))
+    }
+
+    /// Two ends of one TCP connection over 127.0.0.1, both close-on-exec and TCP_NODELAY.
+    static func loopbackPair() throws -> [Int32] {
+        let stream = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        let listener = socket(AF_INET, stream, 0)
+        guard listener >= 0 else { throw BenchError("socket failed") }
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let client = socket(AF_INET, stream, 0)
+        guard client >= 0 else { throw BenchError("socket failed") }
+        let connected = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(listener, pointer, length) == 0 && getsockname(listener, pointer, &length) == 0
+                    && listen(listener, 1) == 0 && connect(client, pointer, length) == 0
+            }
+        }
+        // This process is single-threaded: nothing can spawn between accept and fcntl.
+        let server = connected ? accept(listener, nil, nil) : -1
+        if server >= 0 { _ = fcntl(server, F_SETFD, FD_CLOEXEC) }
+        guard server >= 0 else {
+            close(client)
+            throw BenchError("cannot connect over 127.0.0.1")
+        }
+        var one: Int32 = 1
+        for fd in [client, server] { setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        return [client, server]
     }
 
     /// Writes `message` to every socket, then collects every peer's timestamp.

@@ -3,21 +3,30 @@ import Glibc
 /// What one benchmark run measures, from the command line.
 struct Options {
     static let usage = """
-        usage: graceful-bench [--quick] [--json PATH] [--only flood] [--ranks N,N,...]
-                              [--footprint-ranks N,N,...] [--idle-seconds S] [--python PATH]
+        usage: graceful-bench [--quick] [--json PATH] [--only flood|multinode] [--ranks N,N,...]
+                              [--footprint-ranks N,N,...] [--multinode-ranks N,N,...]
+                              [--heartbeat-timeout S] [--idle-seconds S] [--python PATH]
                               [--torchrun PATH]
 
         Measures graceful's stop fan-out, control-file detection, per-step client cost, footprint and
-        launch time, and the coordinator under a rank flooding its output, next to the machine's own
-        limits (docs/BENCHMARKS.md). Prints a table; --json writes the same figures. --quick: small N
-        and short windows, a few seconds in all (a smoke test, not figures to quote).
+        launch time, the coordinator under a rank flooding its output, and a job of 4 coordinators on
+        this machine, next to the machine's own limits (docs/BENCHMARKS.md). Prints a table; --json
+        writes the same figures. --quick: small N and short windows, a few seconds in all (a smoke
+        test, not figures to quote).
 
           --only flood          only the output flood (stop latency and memory under flood, relay
                                 throughput), with the machine's description
+          --only multinode      only the several-nodes part (4 coordinators on 127.0.0.1: stop
+                                fan-out and commit from a trigger on node 2, rendezvous, idle CPU),
+                                with the machine's description
 
           --ranks               rank counts for fan-out and launch (default 8,64,256,1024; quick 4)
           --footprint-ranks     rank counts for the idle footprint (default 64,1024; quick 4)
-          --idle-seconds        length of each idle footprint window (default 10; quick 0.2)
+          --multinode-ranks     ranks per node of the 4-node job (default 8,64; quick 2)
+          --heartbeat-timeout   passed to every graceful run of the 4-node job (default: not
+                                passed, graceful's own default, 5 s: a heartbeat every 1 s)
+          --idle-seconds        length of each idle footprint window, and of the 4-node job's
+                                window at rest (default 10; quick 0.2)
           --python              the Python interpreter for the Python client (default python3 on PATH)
           --torchrun            torchrun to compare with (default /tmp/torchvenv/bin/torchrun if
                                 present; skipped with --quick)
@@ -27,12 +36,16 @@ struct Options {
     var jsonPath: String?
     var ranks = [8, 64, 256, 1024]
     var footprintRanks = [64, 1024]
+    /// Ranks per node of the several-nodes part (4 nodes).
+    var multiNodeRanks = [8, 64]
+    /// `--heartbeat-timeout` for the 4-node job's coordinators; nil: graceful's default.
+    var heartbeatTimeout: Double?
     var idleSeconds = 10.0
     var python = "python3"
     var torchrun: String? = "/tmp/torchvenv/bin/torchrun"
     /// The one part to run (`--only`); nil: every part.
     var only: String?
-    static let parts = ["flood"]
+    static let parts = ["flood", "multinode"]
 
     init(_ arguments: [String]) throws {
         var explicit: Set<String> = []
@@ -58,6 +71,10 @@ struct Options {
             case "--json": jsonPath = try value(name)
             case "--ranks": ranks = try counts(name)
             case "--footprint-ranks": footprintRanks = try counts(name)
+            case "--multinode-ranks": multiNodeRanks = try counts(name)
+            case "--heartbeat-timeout":
+                guard let seconds = Double(try value(name)), seconds > 0 else { throw BenchError("--heartbeat-timeout takes seconds") }
+                heartbeatTimeout = seconds
             case "--idle-seconds":
                 guard let seconds = Double(try value(name)), seconds > 0 else { throw BenchError("--idle-seconds takes seconds") }
                 idleSeconds = seconds
@@ -77,6 +94,7 @@ struct Options {
         if quick {
             if !explicit.contains("--ranks") { ranks = [4] }
             if !explicit.contains("--footprint-ranks") { footprintRanks = [4] }
+            if !explicit.contains("--multinode-ranks") { multiNodeRanks = [2] }
             if !explicit.contains("--idle-seconds") { idleSeconds = 0.2 }
             if !explicit.contains("--torchrun") { torchrun = nil }
         }
@@ -85,6 +103,12 @@ struct Options {
     /// Launches per trigger at `ranks`: fewer for large N, where one launch takes seconds.
     func trials(ranks: Int) -> Int {
         quick ? 2 : max(4, min(20, 2048 / ranks))
+    }
+
+    /// Launches per trigger of the 4-node job at `ranksPerNode` per node: 20 at 4×8, 10 at 4×64 (the
+    /// goal's size), 1 with --quick.
+    func multiNodeTrials(ranksPerNode: Int) -> Int {
+        quick ? 1 : max(10, min(20, 2048 / (4 * ranksPerNode)))
     }
 
     /// Rounds of the raw fan-out at `ranks` (its peers are started once for all rounds).

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Everything one benchmark run measured, printed as a table and written as JSON with the same figures.
-/// With `--only flood`, the parts not run are nil or empty, and left out of both.
+/// With `--only flood` or `--only multinode`, the parts not run are nil or empty, and left out of both.
 struct Report {
     let quick: Bool
     let machine: Machine
@@ -13,17 +13,20 @@ struct Report {
     let footprint: [Footprint]
     let comparison: Comparison?
     let flood: Flood?
+    let multiNode: MultiNode?
     let leftoverProcesses: Int
 
     /// Launches of `graceful run` (each ended by one stop, or for the flood's relay throughput, by
-    /// its rank's end).
-    var launches: Int { fanOut.map(\.trials.count).reduce(0, +) + footprint.count + (flood?.launches ?? 0) }
+    /// its rank's end; a job of several nodes counts one per node).
+    var launches: Int {
+        fanOut.map(\.trials.count).reduce(0, +) + footprint.count + (flood?.launches ?? 0) + (multiNode?.launches ?? 0)
+    }
 
     /// "N ranks: why" for each launch whose stop did not end with exit 0.
     var uncleanStops: [String] {
         fanOut.flatMap(\.trials).compactMap { trial in trial.error.map { "\(trial.ranks) ranks: \($0)" } }
             + footprint.compactMap { entry in entry.error.map { "\(entry.ranks) ranks: \($0)" } }
-            + (flood?.errors ?? [])
+            + (flood?.errors ?? []) + (multiNode?.errors ?? [])
     }
 
     var json: [String: Any] {
@@ -42,6 +45,7 @@ struct Report {
         if !footprint.isEmpty { json["footprint"] = footprint.map(\.json) }
         if let comparison { json["comparison"] = comparison.json }
         if let flood { json["flood"] = flood.json }
+        if let multiNode { json["multinode"] = multiNode.json }
         return json
     }
 
@@ -69,6 +73,7 @@ struct Report {
             out += parts(limits, stepCost, comparison)
         }
         if let flood { out += floodTable(flood) }
+        if let multiNode { out += multiNodeTable(multiNode) }
         out.append("clean: \(launches - uncleanStops.count) of \(launches) launches of graceful run stopped with exit 0; \(leftoverProcesses) processes left behind")
         out += uncleanStops.map { "  not clean: " + $0 }
         return out.joined(separator: "\n")
@@ -198,6 +203,82 @@ struct Report {
         }
         out += columns(throughputRows)
         out.append("  wall: from starting graceful run to its exit; console MB/s counts the `[rank0]: ` prefixes; cat: the same generator | cat, same drain")
+        out.append("")
+        return out
+    }
+
+    private func multiNodeTable(_ multiNode: MultiNode) -> [String] {
+        var out: [String] = []
+        let nodes = MultiNodeJob.nodes
+        out.append("several nodes: \(nodes) coordinators on 127.0.0.1, trigger on node \(MultiNodeJob.triggerNode) (SIGUSR1 to its coordinator, or its control file); ms from the trigger")
+        var stopRows = [[
+            "ranks", "trigger", "trials", "clean", "leader heard p50", "p99", "every node's doorbell p50", "p99",
+            "watched ranks' doorbell seen p50", "p99", "every rank answered p50", "p99", "stop step sent p99", "last confirmation p50", "leader committed p50", "p99",
+            "every node committed p50", "p99",
+        ]]
+        for result in multiNode.fanOut {
+            stopRows.append([
+                "\(nodes)×\(result.ranksPerNode)", result.trigger.rawValue, "\(result.trials.count)", "\(result.cleanStops)",
+                number(result.leaderHeard.p50), number(result.leaderHeard.p99),
+                number(result.everyNodeRang.p50), number(result.everyNodeRang.p99),
+                number(result.everyWatchedRung.p50), number(result.everyWatchedRung.p99),
+                number(result.everyRankAnswered.p50), number(result.everyRankAnswered.p99), number(result.everyNodeStepSent.p99),
+                number(result.lastConfirmed.p50), number(result.leaderCommitted.p50), number(result.leaderCommitted.p99),
+                number(result.everyNodeCommitted.p50), number(result.everyNodeCommitted.p99),
+            ])
+        }
+        out += columns(stopRows)
+        out.append("  leader heard: the leader's `stop requested` line (node \(MultiNodeJob.triggerNode) saw the trigger and told it)")
+        out.append("  every node's doorbell: the last node's `stop requested` line, written after it stored the request in its ranks' doorbell")
+        out.append("  watched ranks' doorbell seen: the last woken of the threads in FUTEX_WAIT on their node's doorbell, in local rank 0 and 1 in R/8 of each node")
+        out.append("  every rank answered: the leader's `round N: step S` line (every node sent its position once all its ranks answered)")
+        out.append("  stop step sent: the last node's `stop step` line; last confirmation: the last rank just before `checkpointed`")
+        out.append("  leader committed: node 0's `committed step` line (after the record is durable); every node committed: the last node's")
+        let raw = multiNode.rawLoopback
+        out.append("  floor: a line written to each of 3 loopback TCP connections, 3 bare peers woken: every peer p50 \(number(raw.everyPeer.p50)), p99 \(number(raw.everyPeer.p99)) ms")
+        out.append("")
+        out.append("several nodes: commit (ms from the last rank's confirmation)")
+        var commitRows = [["ranks", "trigger", "trials", "leader's record p50", "p99", "max", "every node heard committed p50", "p99", "max"]]
+        for result in multiNode.fanOut {
+            let leader = result.leaderCommittedAfterConfirmation
+            let every = result.everyNodeCommittedAfterConfirmation
+            commitRows.append([
+                "\(nodes)×\(result.ranksPerNode)", result.trigger.rawValue, "\(result.trials.count)",
+                number(leader.p50), number(leader.p99), number(leader.max), number(every.p50), number(every.p99), number(every.max),
+            ])
+        }
+        out += columns(commitRows)
+        let floor = multiNode.durableReplace
+        out.append("  floor: one durable replace here (write, fsync, rename, fsync the directory): p50 \(number(floor.p50)), p99 \(number(floor.p99)) ms;")
+        out.append("  the leader does one for the record; each follower one for its copy before its `committed step` line")
+        out.append("")
+        out.append("several nodes: rendezvous (ms from starting the leader's graceful run; nodes 1-\(nodes - 1) right after it)")
+        var rendezvousRows = [[
+            "ranks", "launches", "all started max", "every node joined p50", "max", "every node launching p50", "max",
+            "every hello sent p50", "max", "every ready relayed p50", "max", "launches with a follower's retry",
+        ]]
+        for entry in multiNode.rendezvous {
+            rendezvousRows.append([
+                "\(nodes)×\(entry.ranksPerNode)", "\(entry.trials.count)", number(entry.allStarted.max),
+                number(entry.everyNodeJoined.p50), number(entry.everyNodeJoined.max),
+                number(entry.everyNodeLaunching.p50), number(entry.everyNodeLaunching.max),
+                number(entry.everyHelloSent.p50), number(entry.everyHelloSent.max),
+                number(entry.everyReadyRelayed.p50), number(entry.everyReadyRelayed.max), "\(entry.launchesWithRetry)",
+            ])
+        }
+        out += columns(rendezvousRows)
+        out.append("  a follower retries (0.1 s, then doubling) when it connects before the leader listens")
+        out.append("")
+        let interval = MultiNodeIdle.heartbeatInterval(timeout: multiNode.heartbeatTimeout)
+        out.append("several nodes at rest: each coordinator's CPU while nothing happens (--heartbeat-timeout \(number(multiNode.heartbeatTimeout)) s: a heartbeat every \(number(interval)) s each way per link)")
+        var idleRows = [["ranks", "seconds", "leader CPU % (schedstat)"] + (1..<nodes).map { "node \($0) %" } + ["leader VmRSS MB", "follower VmRSS MB max"]]
+        for entry in multiNode.idle {
+            idleRows.append(
+                ["\(nodes)×\(entry.ranksPerNode)", number(entry.seconds), number(entry.leaderCpuPercent)]
+                    + (1..<nodes).map { number(entry.cpuPercent(node: $0)) }
+                    + [number(entry.residentMegabytes(node: 0)), number((1..<nodes).map { entry.residentMegabytes(node: $0) }.max() ?? .nan)])
+        }
+        out += columns(idleRows)
         out.append("")
         return out
     }

@@ -3,6 +3,7 @@
 //   swift build -c release && .build/release/graceful-bench --json bench.json
 //   swift run -c release graceful-bench --quick
 //   .build/release/graceful-bench --only flood      (the output flood alone)
+//   .build/release/graceful-bench --only multinode  (4 coordinators on this machine, alone)
 //
 // Exits 0 when every measurement ran and every launch stopped cleanly (graceful exited 0 after its
 // stop), 1 otherwise (the figures are printed and written all the same), 64 on bad usage.
@@ -18,11 +19,12 @@ func runBenchmark(_ options: Options, _ workspace: Workspace) throws -> Report {
     let python = executablePath(options.python) ?? options.python
     progress("machine")
     let machine = Machine(python: python)
-    guard options.only == nil else {
-        progress("output flood (only)")
+    if let only = options.only {
+        progress("\(only == "flood" ? "output flood" : "several nodes") (only)")
         return Report(
             quick: options.quick, machine: machine, limits: nil, stepCost: nil, fanOut: [], rawFanOut: [], launch: [],
-            footprint: [], comparison: nil, flood: try Flood.measure(workspace, options),
+            footprint: [], comparison: nil, flood: only == "flood" ? try Flood.measure(workspace, options) : nil,
+            multiNode: only == "multinode" ? try MultiNode.measure(workspace, options) : nil,
             leftoverProcesses: workspace.leftoverProcesses().count)
     }
     progress("physical limits")
@@ -65,10 +67,11 @@ func runBenchmark(_ options: Options, _ workspace: Workspace) throws -> Report {
     progress("comparison with torchrun")
     let comparison = try Comparison.measure(workspace, options, python: python)
     let flood = try Flood.measure(workspace, options)
+    let multiNode = try MultiNode.measure(workspace, options)
     return Report(
         quick: options.quick, machine: machine, limits: limits, stepCost: stepCost, fanOut: fanOut,
         rawFanOut: rawFanOut, launch: launch, footprint: footprint, comparison: comparison, flood: flood,
-        leftoverProcesses: workspace.leftoverProcesses().count)
+        multiNode: multiNode, leftoverProcesses: workspace.leftoverProcesses().count)
 }
 
 let options: Options

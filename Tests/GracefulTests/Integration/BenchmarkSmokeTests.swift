@@ -79,6 +79,42 @@ import Testing
             ], "flood throughput")
             expectNumbers(try object(entry, "cat"), ["wall_s", "lines", "lines_per_s", "mb_per_s"], "flood throughput cat")
         }
+        let multiNode = try object(report, "multinode")
+        expectNumbers(multiNode, ["nodes", "trigger_node", "heartbeat_timeout_s"], "multinode")
+        let multiNodeFanOut = try entries(multiNode, "fan_out")
+        #expect(Set(multiNodeFanOut.compactMap { $0["trigger"] as? String }) == ["signal", "control-file"])
+        for entry in multiNodeFanOut {
+            expectNumbers(entry, ["ranks_per_node", "ranks", "trials", "clean_stops", "watched_ranks_per_node"], "multinode fan_out")
+            for key in [
+                "leader_heard_ms", "every_node_doorbell_ms", "first_node_doorbell_ms", "watched_doorbell_seen_ms", "per_watched_rank_doorbell_seen_ms",
+                "every_rank_answered_ms", "every_node_stop_step_sent_ms", "last_confirmation_ms", "leader_committed_ms",
+                "every_node_committed_ms", "leader_committed_after_last_confirmation_ms",
+                "every_node_committed_after_last_confirmation_ms",
+            ] {
+                expectNumbers(try object(entry, key), Self.summaryKeys, "multinode fan_out \(key)")
+            }
+        }
+        expectNumbers(try object(multiNode, "durable_replace_ms"), Self.summaryKeys, "multinode durable_replace_ms")
+        let rawLoopback = try object(multiNode, "raw_loopback_fan_out")
+        for key in ["every_peer_ms", "per_peer_ms"] {
+            expectNumbers(try object(rawLoopback, key), Self.summaryKeys, "multinode raw_loopback_fan_out \(key)")
+        }
+        for entry in try entries(multiNode, "rendezvous") {
+            expectNumbers(entry, ["ranks_per_node", "ranks", "launches", "launches_with_follower_retry"], "multinode rendezvous")
+            for key in ["all_started_ms", "every_node_joined_ms", "every_node_launching_ms", "every_hello_sent_ms", "every_ready_relayed_ms"] {
+                expectNumbers(try object(entry, key), Self.summaryKeys, "multinode rendezvous \(key)")
+            }
+        }
+        for entry in try entries(multiNode, "idle") {
+            expectNumbers(entry, [
+                "ranks_per_node", "ranks", "seconds", "heartbeat_interval_s", "leader_cpu_percent", "follower_cpu_percent_max",
+            ], "multinode idle")
+            let nodes = try entries(entry, "nodes")
+            #expect(nodes.count == 4)
+            for node in nodes {
+                expectNumbers(node, ["node", "cpu_ms", "cpu_percent", "cpu_ticks", "vm_rss_kb", "exit_code"], "multinode idle node")
+            }
+        }
         expectNumbers(try object(report, "clean"), ["launches", "clean_stops", "leftover_processes"])
     }
 
