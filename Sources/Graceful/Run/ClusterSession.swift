@@ -324,6 +324,18 @@ final class ClusterSession {
         }
     }
 
+    /// While this node starts its ranks (seconds, for hundreds of them), its event loop waits: the
+    /// heartbeats due go out meanwhile, so that no other node judges it lost.
+    func keepAlive(now: Instant) {
+        clockNow = now
+        for (token, connection) in connections where connection.isEstablished && (connection.node != nil || !isLeader) {
+            let ping = isLeader ? ClusterCoding.encode(ClusterCommand.ping) : ClusterCoding.encode(ClusterNodeMessage.ping)
+            if now >= connection.lastSent + heartbeatInterval, !connection.send(ping, now: now) {
+                drop(token, reason: "its connection broke", now: now)
+            }
+        }
+    }
+
     /// Sends what is queued, waiting up to `milliseconds` (the last words before exiting).
     func drain(milliseconds: Int32) {
         for connection in connections.values { connection.drain(milliseconds: milliseconds) }

@@ -13,8 +13,9 @@ final class Console {
         own("\(prefix)\(line)\n")
     }
 
+    /// `error: ...`, after this node's prefix on a node of a multi-node job.
     func error(_ line: String) {
-        own("error: \(line)\n")
+        own(prefix == "graceful: " ? "error: \(line)\n" : "\(prefix)error: \(line)\n")
     }
 
     private func own(_ text: String) {

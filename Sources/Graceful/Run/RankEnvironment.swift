@@ -80,8 +80,10 @@ public struct RankEnvironment: Sendable {
         let ownKeys = Set(ownVariables.map(\.name))
         // The protocol's variables in the coordinator's own environment (a graceful run inside a rank,
         // a shell that exported them) describe another run: none may leak into this one's ranks.
+        // The job's secret stays with the coordinators: a rank has no use for it.
         let dropped: Set<String> = [
             "GRACEFUL_RESUME_STEP", "GRACEFUL_RESUME_PATH", "GRACEFUL_DOORBELL", "GRACEFUL_DOORBELL_FD", "GRACEFUL_CHANNEL_FD",
+            "GRACEFUL_JOB_TOKEN",
         ]
         var result = inherited.filter { !ownKeys.contains($0.name) && !dropped.contains($0.name) }
         let inheritedKeys = Set(result.map(\.name))

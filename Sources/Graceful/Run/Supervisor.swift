@@ -488,6 +488,7 @@ public final class Supervisor {
                     environment: environment.variables(rank: rank, inherited: inherited),
                     doorbellFD: doorbell?.fd, openFilesLimit: preflight.rankOpenFilesLimit)
                 processGuard.watch(rank: process)
+                session?.keepAlive(now: clock())
                 let io = RankIO(
                     process: process, log: logFDs[rank], label: "rank\(globalRank(rank))",
                     showsOnConsole: configuration.consoleRanks?.contains(rank) ?? true)
