@@ -49,8 +49,18 @@ public final class QueueRunner {
         executable = (try? Self.ownExecutable()) ?? "/proc/self/exe"
     }
 
+    /// Milliseconds between two attempts to write to a console that did not keep up.
+    static let consoleRetryMilliseconds = 20
+
     /// Runs the sweep; returns the exit code (README, "graceful queue").
     public func run() -> Int32 {
+        let code = sweep()
+        // A console that does not read gets two seconds, then its lines are given up on.
+        console.drain(milliseconds: 2000)
+        return code
+    }
+
+    private func sweep() -> Int32 {
         graceful_unblock_signals()
         graceful_ensure_stdio()
         do {
@@ -111,7 +121,9 @@ public final class QueueRunner {
             }
             var wake = min(nextBeat, nextControlCheck)
             if let queueWake = wakeForQueue { wake = min(wake, queueWake) }
-            let timeout = max(0, Int32(min(60_000, wake.seconds(since: monotonicNow()) * 1000 + 1)))
+            console.flush()
+            var timeout = max(0, Int32(min(60_000, wake.seconds(since: monotonicNow()) * 1000 + 1)))
+            if console.hasPending { timeout = min(timeout, Int32(Self.consoleRetryMilliseconds)) }
             for event in try events.wait(timeoutMilliseconds: timeout) {
                 if event.token == 0 {
                     handleSignals(signals.drain(), now: monotonicNow())
