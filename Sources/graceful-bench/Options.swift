@@ -3,7 +3,7 @@ import Glibc
 /// What one benchmark run measures, from the command line.
 struct Options {
     static let usage = """
-        usage: graceful-bench [--quick] [--json PATH] [--only flood] [--ranks N,N,...]
+        usage: graceful-bench [--quick] [--json PATH] [--only flood|queue] [--ranks N,N,...]
                               [--footprint-ranks N,N,...] [--idle-seconds S] [--python PATH]
                               [--torchrun PATH]
 
@@ -14,6 +14,9 @@ struct Options {
 
           --only flood          only the output flood (stop latency and memory under flood, relay
                                 throughput), with the machine's description
+          --only queue          only graceful queue (trivial tasks per second with 1, 2 and 8
+                                workers, claim latency, queue run's idle cost), with the machine's
+                                description
 
           --ranks               rank counts for fan-out and launch (default 8,64,256,1024; quick 4)
           --footprint-ranks     rank counts for the idle footprint (default 64,1024; quick 4)
@@ -32,7 +35,7 @@ struct Options {
     var torchrun: String? = "/tmp/torchvenv/bin/torchrun"
     /// The one part to run (`--only`); nil: every part.
     var only: String?
-    static let parts = ["flood"]
+    static let parts = ["flood", "queue"]
 
     init(_ arguments: [String]) throws {
         var explicit: Set<String> = []

@@ -14,16 +14,19 @@ struct Report {
     let comparison: Comparison?
     let flood: Flood?
     let leftoverProcesses: Int
+    /// `graceful queue` (QueueBench.swift); nil when not measured.
+    var queue: QueueBench? = nil
 
     /// Launches of `graceful run` (each ended by one stop, or for the flood's relay throughput, by
     /// its rank's end).
-    var launches: Int { fanOut.map(\.trials.count).reduce(0, +) + footprint.count + (flood?.launches ?? 0) }
+    var launches: Int { fanOut.map(\.trials.count).reduce(0, +) + footprint.count + (flood?.launches ?? 0) + (queue?.launches ?? 0) }
 
     /// "N ranks: why" for each launch whose stop did not end with exit 0.
     var uncleanStops: [String] {
         fanOut.flatMap(\.trials).compactMap { trial in trial.error.map { "\(trial.ranks) ranks: \($0)" } }
             + footprint.compactMap { entry in entry.error.map { "\(entry.ranks) ranks: \($0)" } }
             + (flood?.errors ?? [])
+            + (queue?.errors ?? [])
     }
 
     var json: [String: Any] {
@@ -42,6 +45,7 @@ struct Report {
         if !footprint.isEmpty { json["footprint"] = footprint.map(\.json) }
         if let comparison { json["comparison"] = comparison.json }
         if let flood { json["flood"] = flood.json }
+        if let queue { json["queue"] = queue.json }
         return json
     }
 
@@ -69,6 +73,7 @@ struct Report {
             out += parts(limits, stepCost, comparison)
         }
         if let flood { out += floodTable(flood) }
+        if let queue { out += queue.table }
         out.append("clean: \(launches - uncleanStops.count) of \(launches) launches of graceful run stopped with exit 0; \(leftoverProcesses) processes left behind")
         out += uncleanStops.map { "  not clean: " + $0 }
         return out.joined(separator: "\n")

@@ -3,6 +3,7 @@
 //   swift build -c release && .build/release/graceful-bench --json bench.json
 //   swift run -c release graceful-bench --quick
 //   .build/release/graceful-bench --only flood      (the output flood alone)
+//   .build/release/graceful-bench --only queue      (graceful queue alone)
 //
 // Exits 0 when every measurement ran and every launch stopped cleanly (graceful exited 0 after its
 // stop), 1 otherwise (the figures are printed and written all the same), 64 on bad usage.
@@ -18,6 +19,15 @@ func runBenchmark(_ options: Options, _ workspace: Workspace) throws -> Report {
     let python = executablePath(options.python) ?? options.python
     progress("machine")
     let machine = Machine(python: python)
+    if options.only == "queue" {
+        progress("graceful queue (only)")
+        let queue = try QueueBench.measure(workspace, options)
+        var report = Report(
+            quick: options.quick, machine: machine, limits: nil, stepCost: nil, fanOut: [], rawFanOut: [], launch: [],
+            footprint: [], comparison: nil, flood: nil, leftoverProcesses: workspace.leftoverProcesses().count)
+        report.queue = queue
+        return report
+    }
     guard options.only == nil else {
         progress("output flood (only)")
         return Report(
@@ -65,10 +75,13 @@ func runBenchmark(_ options: Options, _ workspace: Workspace) throws -> Report {
     progress("comparison with torchrun")
     let comparison = try Comparison.measure(workspace, options, python: python)
     let flood = try Flood.measure(workspace, options)
-    return Report(
+    let queue = try QueueBench.measure(workspace, options)
+    var report = Report(
         quick: options.quick, machine: machine, limits: limits, stepCost: stepCost, fanOut: fanOut,
         rawFanOut: rawFanOut, launch: launch, footprint: footprint, comparison: comparison, flood: flood,
         leftoverProcesses: workspace.leftoverProcesses().count)
+    report.queue = queue
+    return report
 }
 
 let options: Options
