@@ -3,7 +3,7 @@ import Glibc
 /// What one benchmark run measures, from the command line.
 struct Options {
     static let usage = """
-        usage: graceful-bench [--quick] [--json PATH] [--only flood|multinode] [--ranks N,N,...]
+        usage: graceful-bench [--quick] [--json PATH] [--only flood|multinode|queue] [--ranks N,N,...]
                               [--footprint-ranks N,N,...] [--multinode-ranks N,N,...]
                               [--heartbeat-timeout S] [--idle-seconds S] [--python PATH]
                               [--torchrun PATH]
@@ -19,6 +19,9 @@ struct Options {
           --only multinode      only the several-nodes part (4 coordinators on 127.0.0.1: stop
                                 fan-out and commit from a trigger on node 2, rendezvous, idle CPU),
                                 with the machine's description
+          --only queue          only graceful queue (trivial tasks per second with 1, 2 and 8
+                                workers, claim latency, queue run's idle cost), with the machine's
+                                description
 
           --ranks               rank counts for fan-out and launch (default 8,64,256,1024; quick 4)
           --footprint-ranks     rank counts for the idle footprint (default 64,1024; quick 4)
@@ -45,7 +48,7 @@ struct Options {
     var torchrun: String? = "/tmp/torchvenv/bin/torchrun"
     /// The one part to run (`--only`); nil: every part.
     var only: String?
-    static let parts = ["flood", "multinode"]
+    static let parts = ["flood", "multinode", "queue"]
 
     init(_ arguments: [String]) throws {
         var explicit: Set<String> = []

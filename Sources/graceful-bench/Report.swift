@@ -15,18 +15,21 @@ struct Report {
     let flood: Flood?
     let multiNode: MultiNode?
     let leftoverProcesses: Int
+    /// `graceful queue` (QueueBench.swift); nil when not measured.
+    var queue: QueueBench? = nil
 
     /// Launches of `graceful run` (each ended by one stop, or for the flood's relay throughput, by
-    /// its rank's end; a job of several nodes counts one per node).
+    /// its rank's end; a job of several nodes counts one per node; a queue run counts once).
     var launches: Int {
         fanOut.map(\.trials.count).reduce(0, +) + footprint.count + (flood?.launches ?? 0) + (multiNode?.launches ?? 0)
+            + (queue?.launches ?? 0)
     }
 
     /// "N ranks: why" for each launch whose stop did not end with exit 0.
     var uncleanStops: [String] {
         fanOut.flatMap(\.trials).compactMap { trial in trial.error.map { "\(trial.ranks) ranks: \($0)" } }
             + footprint.compactMap { entry in entry.error.map { "\(entry.ranks) ranks: \($0)" } }
-            + (flood?.errors ?? []) + (multiNode?.errors ?? [])
+            + (flood?.errors ?? []) + (multiNode?.errors ?? []) + (queue?.errors ?? [])
     }
 
     var json: [String: Any] {
@@ -46,6 +49,7 @@ struct Report {
         if let comparison { json["comparison"] = comparison.json }
         if let flood { json["flood"] = flood.json }
         if let multiNode { json["multinode"] = multiNode.json }
+        if let queue { json["queue"] = queue.json }
         return json
     }
 
@@ -74,6 +78,7 @@ struct Report {
         }
         if let flood { out += floodTable(flood) }
         if let multiNode { out += multiNodeTable(multiNode) }
+        if let queue { out += queue.table }
         out.append("clean: \(launches - uncleanStops.count) of \(launches) launches of graceful run stopped with exit 0; \(leftoverProcesses) processes left behind")
         out += uncleanStops.map { "  not clean: " + $0 }
         return out.joined(separator: "\n")

@@ -4,6 +4,7 @@
 //   swift run -c release graceful-bench --quick
 //   .build/release/graceful-bench --only flood      (the output flood alone)
 //   .build/release/graceful-bench --only multinode  (4 coordinators on this machine, alone)
+//   .build/release/graceful-bench --only queue      (graceful queue alone)
 //
 // Exits 0 when every measurement ran and every launch stopped cleanly (graceful exited 0 after its
 // stop), 1 otherwise (the figures are printed and written all the same), 64 on bad usage.
@@ -20,12 +21,15 @@ func runBenchmark(_ options: Options, _ workspace: Workspace) throws -> Report {
     progress("machine")
     let machine = Machine(python: python)
     if let only = options.only {
-        progress("\(only == "flood" ? "output flood" : "several nodes") (only)")
-        return Report(
+        progress("\(only == "flood" ? "output flood" : only == "queue" ? "graceful queue" : "several nodes") (only)")
+        let queue = only == "queue" ? try QueueBench.measure(workspace, options) : nil
+        var report = Report(
             quick: options.quick, machine: machine, limits: nil, stepCost: nil, fanOut: [], rawFanOut: [], launch: [],
             footprint: [], comparison: nil, flood: only == "flood" ? try Flood.measure(workspace, options) : nil,
             multiNode: only == "multinode" ? try MultiNode.measure(workspace, options) : nil,
             leftoverProcesses: workspace.leftoverProcesses().count)
+        report.queue = queue
+        return report
     }
     progress("physical limits")
     let limits = try Limits.measure(workspace, samples: options.limitSamples)
@@ -68,10 +72,13 @@ func runBenchmark(_ options: Options, _ workspace: Workspace) throws -> Report {
     let comparison = try Comparison.measure(workspace, options, python: python)
     let flood = try Flood.measure(workspace, options)
     let multiNode = try MultiNode.measure(workspace, options)
-    return Report(
+    let queue = try QueueBench.measure(workspace, options)
+    var report = Report(
         quick: options.quick, machine: machine, limits: limits, stepCost: stepCost, fanOut: fanOut,
         rawFanOut: rawFanOut, launch: launch, footprint: footprint, comparison: comparison, flood: flood,
         multiNode: multiNode, leftoverProcesses: workspace.leftoverProcesses().count)
+    report.queue = queue
+    return report
 }
 
 let options: Options

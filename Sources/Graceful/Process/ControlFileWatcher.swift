@@ -67,12 +67,15 @@ final class ControlFileWatcher {
     private var lastIdentity: [Int] = []
     private var warned: Set<WarningKind> = []
 
-    init(path: String) {
+    /// With `watching` false, no inotify instance is made: for a one-time `evaluate` (the check
+    /// before launch), where its teardown at close (an RCU grace period, milliseconds on a busy
+    /// machine) would only delay the launch.
+    init(path: String, watching: Bool = true) {
         self.path = path
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
         fileName = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        let fd = watching ? inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC)) : -1
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE)
         if fd >= 0, inotify_add_watch(fd, directory, mask) >= 0 {
             inotifyFD = fd

@@ -3,9 +3,14 @@ import GracefulProtocol
 
 /// The queue's files on a directory several hosts may share (README, "graceful queue", has the
 /// layout). Every change is one operation that is atomic on NFS as on a local disk: a file appears
-/// complete through `link(2)` of a fsynced temporary (which fails if the name exists, so exactly one
-/// of several creators wins), or replaces another by `rename(2)`; a lease is renewed by setting the
-/// claim's modification time. No lock is ever held.
+/// complete through `link(2)` of a temporary written in full and closed first (which fails if the
+/// name exists, so exactly one of several creators wins); a lease is renewed by setting the claim's
+/// modification time. No lock is ever held.
+///
+/// What must survive a crash of the machine (or of the file server) is fsynced, and only that
+/// (`Durability`): a task's outcome and the definition, content and name; an attempt's end, its
+/// content; a claim, nothing (its holder dies with the machine, and the claim, lost or left empty,
+/// is taken back like any claim whose holder is gone).
 final class QueueDirectory {
     let path: String
     let hostID: String
@@ -27,6 +32,20 @@ final class QueueDirectory {
             case .system(let error): return "\(error)"
             }
         }
+    }
+
+    /// How much of a new file must survive a crash of the machine.
+    enum Durability {
+        /// Nothing: a claim. Its holder dies with the machine; a claim lost in the crash means the
+        /// task is claimed again, one left empty or incomplete is a claim by an unknown holder,
+        /// taken back when its lease runs out. Either way no fsync holds up the claiming worker.
+        case none
+        /// The content, fsynced before the link: an attempt's end. Its name may be lost with the
+        /// machine (the claim then looks open, and its holder is gone with the machine: the lease
+        /// takes it back; a lost failure is one failed attempt forgiven), but never found empty.
+        case content
+        /// The content, then the name (the directory fsynced): a task's outcome, the definition.
+        case contentAndName
     }
 
     private init(path: String, hostID: String, definition: QueueDefinition) {
@@ -71,7 +90,7 @@ final class QueueDirectory {
             throw .data("\(path) is not a queue (no queue.json) and not empty (it has \(strangers.sorted().prefix(3).joined(separator: ", "))); give an empty or new directory")
         }
         do {
-            _ = try linkNew(Array(definition.encoded.utf8), at: path + "/queue.json")
+            _ = try linkNew(Array(definition.encoded.utf8), at: path + "/queue.json", durability: .contentAndName)
             for task in definition.tasks { try makeDirectories(path + "/tasks/" + task.id) }
         } catch { throw .system(error) }
     }
@@ -120,27 +139,39 @@ final class QueueDirectory {
             var info = stat()
             // Gone since the listing: it cannot be, claims are never removed; a corrupted queue.
             guard stat(file, &info) == 0 else { throw .system(SystemError("stat \(file)")) }
-            let holder = try parsedClaim(file)
+            let holder = parsedClaim(file)
             let heartbeat = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
             var end: TaskFiles.AttemptEnd?
             if names.contains("attempt_\(attempt).end") { end = try parsedEnd(endPath(task, attempt: attempt)) }
             claims.append(TaskFiles.Claim(
                 attempt: attempt, holder: holder.holder, host: holder.host, heartbeat: heartbeat,
-                holderGone: holder.host == hostID && !Self.processAlive(pid: holder.pid, start: holder.start),
+                holderGone: holder.host == hostID && !isThisProcess(pid: holder.pid, start: holder.start)
+                    && !Self.processAlive(pid: holder.pid, start: holder.start),
                 end: end, copied: names.contains("attempt_\(attempt).copy")))
         }
         return TaskFiles(id: task, claims: claims)
     }
 
-    private func parsedClaim(_ file: String) throws(Failure) -> (holder: String, host: String, pid: Int32, start: UInt64) {
+    /// The holder a claim names. A claim is linked only once written in full and closed, so one
+    /// that is empty or incomplete was cut short by a crash of the machine (claims are not fsynced,
+    /// `Durability.none`): its holder is unknown, `?` on no host, and its lease decides.
+    private func parsedClaim(_ file: String) -> (holder: String, host: String, pid: Int32, start: UInt64) {
         if let known = parsedClaims[file] { return known }
-        let value = try Self.readJSON(file)
-        guard let holder = value["worker"]?.stringValue, let host = value["host"]?.stringValue,
-              let pid = value["pid"]?.intValue, let start = value["start"]?.intValue
-        else { throw .data("\(file) is corrupted (not a claim); move it away") }
-        let parsed = (holder, host, Int32(truncatingIfNeeded: pid), UInt64(max(0, start)))
+        var parsed = (holder: Self.unknownHolder, host: Self.unknownHolder, pid: Int32(0), start: UInt64(0))
+        if let value = try? Self.readJSON(file), let holder = value["worker"]?.stringValue, let host = value["host"]?.stringValue,
+           let pid = value["pid"]?.intValue, let start = value["start"]?.intValue {
+            parsed = (holder, host, Int32(truncatingIfNeeded: pid), UInt64(max(0, start)))
+        }
         parsedClaims[file] = parsed
         return parsed
+    }
+
+    /// The holder and host of a claim a crash left without its content.
+    static let unknownHolder = "?"
+
+    /// Whether a claim's holder is this very process (alive, without reading /proc).
+    private func isThisProcess(pid: Int32, start: UInt64) -> Bool {
+        pid == getpid() && start == Self.ownStart
     }
 
     private func parsedEnd(_ file: String) throws(Failure) -> TaskFiles.AttemptEnd {
@@ -182,11 +213,16 @@ final class QueueDirectory {
     // MARK: - Changing
 
     /// Claims `attempt` of `task` (or a straggler copy of it): false when another worker has it.
+    /// (`graceful-bench --only queue` times these same file operations as the claim latency.)
     func claim(_ task: String, attempt: Int, worker: String, copy: Bool) throws(Failure) -> Bool {
+        let file = copy ? copyPath(task, attempt: attempt) : claimPath(task, attempt: attempt)
+        var info = stat()
+        // Taken already (a race lost to another host, seen through a scan a moment old): no write.
+        if stat(file, &info) == 0 { return false }
         let content = "{\"worker\": \(JSONEncoding.quoted(worker)), \"host\": \(JSONEncoding.quoted(hostID)), \"pid\": \(getpid()), \"start\": \(Self.ownStart), \"claimed\": \(JSONEncoding.quoted(Supervisor.timestamp())), \"claimed_epoch\": \(time(nil))}\n"
         do {
-            try makeDirectories(taskDirectory(task))
-            return try Self.linkNew(Array(content.utf8), at: copy ? copyPath(task, attempt: attempt) : claimPath(task, attempt: attempt))
+            try Self.ensureDirectory(taskDirectory(task))
+            return try Self.linkNew(Array(content.utf8), at: file, durability: .none)
         } catch { throw .system(error) }
     }
 
@@ -210,16 +246,28 @@ final class QueueDirectory {
     private func end(_ task: String, attempt: Int, json: String) throws(Failure) {
         do {
             // Only the claim's holder writes its end, once: a link keeps even that honest.
-            _ = try Self.linkNew(Array(json.utf8), at: endPath(task, attempt: attempt))
+            _ = try Self.linkNew(Array(json.utf8), at: endPath(task, attempt: attempt), durability: .content)
         } catch { throw .system(error) }
     }
 
-    /// Links the task's outcome: true for the one caller that recorded it, false when it already was.
-    func recordOutcome(_ task: String, json: String) throws(Failure) -> Bool {
+    /// Links the task's outcome, `state`: true for the one caller that recorded it, false when it
+    /// already was.
+    func recordOutcome(_ task: String, state: TaskFiles.Outcome, json: String) throws(Failure) -> Bool {
+        let recorded: Bool
         do {
-            try makeDirectories(taskDirectory(task))
-            return try Self.linkNew(Array(json.utf8), at: outcomePath(task))
+            try Self.ensureDirectory(taskDirectory(task))
+            recorded = try Self.linkNew(Array(json.utf8), at: outcomePath(task), durability: .contentAndName)
         } catch { throw .system(error) }
+        if recorded { outcomes[task] = state }
+        return recorded
+    }
+
+    /// The outcomes known here (from scans and from this process's own records), by state: what
+    /// the progress count says without a scan.
+    var knownOutcomes: (finished: Int, failed: Int) {
+        outcomes.values.reduce(into: (0, 0)) { counts, outcome in
+            if case .finished = outcome { counts.0 += 1 } else { counts.1 += 1 }
+        }
     }
 
     /// Whether the task has an outcome now (read fresh, not from the cache of scans).
@@ -236,27 +284,41 @@ final class QueueDirectory {
 
     // MARK: - Helpers
 
-    /// Writes `contents` to a fsynced temporary beside `path` and links it there: true when this
-    /// call created `path`, false when it existed. The temporary is removed either way.
-    static func linkNew(_ contents: [UInt8], at path: String) throws(SystemError) -> Bool {
+    /// Writes `contents` to a temporary beside `path`, closes it and links it there: true when this
+    /// call created `path`, false when it existed. The temporary is removed either way. What is
+    /// fsynced is what `durability` asks for.
+    static func linkNew(_ contents: [UInt8], at path: String, durability: Durability) throws(SystemError) -> Bool {
         let temporary = "\(path).tmp.\(getpid())"
         let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if fd < 0 { throw SystemError("open \(temporary)") }
         defer { unlink(temporary) }
         let written = contents.withUnsafeBytes { writeAll(fd, $0) }
-        let synced = written && fsync(fd) == 0
-        closeDescriptor(fd)
-        guard synced else { throw SystemError("write \(temporary)") }
+        let synced = written && (durability == .none || fsync(fd) == 0)
+        // close flushes to an NFS server: the content is there before the link makes it visible.
+        let closed = Glibc.close(fd) == 0 || errno == EINTR
+        guard synced && closed else { throw SystemError("write \(temporary)") }
         if link(temporary, path) != 0 {
             if errno == EEXIST { return false }
             throw SystemError("link \(path)")
         }
-        let directory = Glibc.open(AtomicFile.parentDirectory(of: path), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directory >= 0 {
-            _ = fsync(directory)
-            closeDescriptor(directory)
+        if durability == .contentAndName {
+            let directory = Glibc.open(AtomicFile.parentDirectory(of: path), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if directory >= 0 {
+                _ = fsync(directory)
+                closeDescriptor(directory)
+            }
         }
         return true
+    }
+
+    /// `makeDirectories`, in one `mkdir` when only the last component may be missing (the usual case).
+    static func ensureDirectory(_ path: String) throws(SystemError) {
+        if mkdir(path, 0o755) == 0 { return }
+        if errno == EEXIST {
+            var info = stat()
+            if stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR { return }
+        }
+        try makeDirectories(path)
     }
 
     static func entries(of directory: String) -> [String] {

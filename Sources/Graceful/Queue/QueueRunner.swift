@@ -22,6 +22,8 @@ public final class QueueRunner {
         let pidfd: Int32
         let startedAt: Instant
         let logDirectory: String
+        /// `<host-id>/<pid>/w<slot>`, as its claim names it.
+        let worker: String
         var stopSentAt: Instant?
         /// Why this process stopped it, when it did: decides how its end is recorded.
         var stopReason: StopReason?
@@ -40,6 +42,15 @@ public final class QueueRunner {
     private var failedHere = 0
     private let startedAt = monotonicNow()
     private let executable: String
+    /// This process's environment, read once, for every attempt.
+    private let inheritedEnvironment = QueueRunner.inheritedEnvironment().filter { !$0.hasPrefix("GRACEFUL_TASK_") }
+    /// The queue as the last scan found it, each task refreshed as this process acts on it; and
+    /// when every task was last scanned.
+    private var view: [TaskFiles] = []
+    private var viewScannedAt: Instant?
+    /// Seconds between two scans of every task (at most a heartbeat): between them a freed worker
+    /// decides on `view`, and reads again only the task it picked, right before acting on it.
+    static let fullScanInterval = 1.0
 
     public init(configuration: QueueRunConfiguration) {
         self.configuration = configuration
@@ -49,8 +60,18 @@ public final class QueueRunner {
         executable = (try? Self.ownExecutable()) ?? "/proc/self/exe"
     }
 
+    /// Milliseconds between two attempts to write to a console that did not keep up.
+    static let consoleRetryMilliseconds = 20
+
     /// Runs the sweep; returns the exit code (README, "graceful queue").
     public func run() -> Int32 {
+        let code = sweep()
+        // A console that does not read gets two seconds, then its lines are given up on.
+        console.drain(milliseconds: 2000)
+        return code
+    }
+
+    private func sweep() -> Int32 {
         graceful_unblock_signals()
         graceful_ensure_stdio()
         do {
@@ -111,7 +132,9 @@ public final class QueueRunner {
             }
             var wake = min(nextBeat, nextControlCheck)
             if let queueWake = wakeForQueue { wake = min(wake, queueWake) }
-            let timeout = max(0, Int32(min(60_000, wake.seconds(since: monotonicNow()) * 1000 + 1)))
+            console.flush()
+            var timeout = max(0, Int32(min(60_000, wake.seconds(since: monotonicNow()) * 1000 + 1)))
+            if console.hasPending { timeout = min(timeout, Int32(Self.consoleRetryMilliseconds)) }
             for event in try events.wait(timeoutMilliseconds: timeout) {
                 if event.token == 0 {
                     handleSignals(signals.drain(), now: monotonicNow())
@@ -129,21 +152,43 @@ public final class QueueRunner {
 
     /// Gives every idle worker a task, as long as there is one: whether the queue is drained, and
     /// when to look again.
+    ///
+    /// Every task is scanned at most every `fullScanInterval` (a scan is a directory listing per
+    /// unfinished task: with thousands of tasks, one per claim would make a sweep quadratic). In
+    /// between, decisions are made on `view`, and the task picked is read again before anything is
+    /// done to it: a decision a fresh read contradicts (a new heartbeat, a claim or an outcome from
+    /// another host) is made again on the fresh read. A stale view can only delay a claim or lose
+    /// a race for one (a claim is exclusive by `link`), never expire a live lease or claim a
+    /// finished task.
     private func fillIdleSlots(events: EventLoop, now: Instant) throws -> (Bool, Instant?) {
-        var tasks = try queue.scan()
+        let interval = min(Self.fullScanInterval, configuration.policy.heartbeatInterval)
+        if viewScannedAt.map({ now.seconds(since: $0) >= interval }) ?? true {
+            view = try queue.scan()
+            viewScannedAt = now
+        }
         for slot in slots.indices where slots[slot] == nil {
             var tries = 0
             while slots[slot] == nil {
                 tries += 1
+                // Every pass changed the queue or lost a race for it; a runaway loop would be a bug.
+                if tries > 4 * view.count + 8 { return (false, now + 0.5) }
                 let runningHere = Set(slots.compactMap { $0?.task })
-                let decision = scheduler.next(tasks, at: now, runningHere: runningHere)
-                switch decision {
-                case .drained:
+                let decision = scheduler.next(view, at: now, runningHere: runningHere)
+                guard let task = decision.task, let index = view.firstIndex(where: { $0.id == task }) else {
+                    if case .wait(let until) = decision {
+                        // Nothing to claim: look again when a backoff or a lease ends, or in a while.
+                        let soon = now + min(configuration.policy.heartbeatInterval, 1)
+                        return (false, min(until ?? soon, soon))
+                    }
+                    // Drained: outcomes never change, so a view that has every one is true however old.
                     return (slots.allSatisfy { $0 == nil }, nil)
-                case .wait(let until):
-                    // Nothing to claim: look again when a backoff or a lease ends, or in a while.
-                    let soon = now + min(configuration.policy.heartbeatInterval, 1)
-                    return (false, min(until ?? soon, soon))
+                }
+                let fresh = try queue.scan(task)
+                if fresh != view[index] {
+                    view[index] = fresh
+                    continue
+                }
+                switch decision {
                 case .fail(let task, let attempts):
                     try recordFailed(task, attempts: attempts)
                 case .claim(let task, let attempt, let takeover):
@@ -157,15 +202,19 @@ public final class QueueRunner {
                     if try queue.claim(task, attempt: attempt, worker: workerName(slot), copy: true) {
                         try launch(task, attempt: attempt, copy: true, slot: slot, events: events)
                     }
+                case .wait, .drained:
+                    break
                 }
-                if let index = tasks.firstIndex(where: { $0.id == decision.task }) {
-                    tasks[index] = try queue.scan(decision.task!)
-                }
-                // Every pass changed the queue or lost a race for it; a runaway loop would be a bug.
-                if tries > 4 * tasks.count + 8 { return (false, now + 0.5) }
+                view[index] = try queue.scan(task)
             }
         }
         return (false, nil)
+    }
+
+    /// Reads `task` again into `view`, after this process changed it.
+    private func refresh(_ task: String) {
+        guard let index = view.firstIndex(where: { $0.id == task }), let files = try? queue.scan(task) else { return }
+        view[index] = files
     }
 
     private func workerName(_ slot: Int) -> String { "\(configuration.hostID)/\(getpid())/w\(slot)" }
@@ -174,8 +223,8 @@ public final class QueueRunner {
         guard let definitionTask = queue.definition.tasks.first(where: { $0.id == task }) else { return }
         let logDirectory = queue.logDirectory(task, attempt: attempt, copy: copy)
         let runDirectory = queue.runDirectory(task, copy: copy)
-        try makeDirectories(logDirectory)
-        try makeDirectories(runDirectory)
+        try QueueDirectory.ensureDirectory(logDirectory)
+        try QueueDirectory.ensureDirectory(runDirectory)
         let command = try QueueDefinition.substitute(queue.definition.command, params: definitionTask.params, taskID: task)
         let arguments = [
             "run", "-n", String(configuration.ranks), "--run-dir", runDirectory,
@@ -183,7 +232,7 @@ public final class QueueRunner {
             "--grace", String(configuration.grace),
             "--kill-after", String(configuration.killAfter), "--",
         ] + command
-        var environment = Self.inheritedEnvironment().filter { !$0.hasPrefix("GRACEFUL_TASK_") }
+        var environment = inheritedEnvironment
         environment += [
             "GRACEFUL_TASK_ID=\(task)",
             "GRACEFUL_TASK_ATTEMPT=\(attempt)",
@@ -213,7 +262,8 @@ public final class QueueRunner {
         let pidfd = graceful_pidfd_open(pid)
         if pidfd < 0 { throw SystemError("pidfd_open") }
         try events.register(pidfd, token: UInt64(slot + 1))
-        slots[slot] = Attempt(task: task, attempt: attempt, copy: copy, pid: pid, pidfd: pidfd, startedAt: monotonicNow(), logDirectory: logDirectory)
+        slots[slot] = Attempt(task: task, attempt: attempt, copy: copy, pid: pid, pidfd: pidfd, startedAt: monotonicNow(),
+                              logDirectory: logDirectory, worker: workerName(slot))
         let what = copy ? "a straggler copy of attempt \(attempt)" : "attempt \(attempt)"
         console.line("\(task) started (\(what), \(workerName(slot))): \(command.joined(separator: " "))")
     }
@@ -237,6 +287,7 @@ public final class QueueRunner {
             } catch {
                 console.line("error: \(error)")
             }
+            refresh(attempt.task)
             freed = true
         }
         return freed
@@ -283,8 +334,8 @@ public final class QueueRunner {
         }
         if exit == 0 {
             let result = readResult(attempt)
-            let json = "{\"state\": \"finished\", \"attempt\": \(attempt.attempt), \"attempts\": \(attempt.attempt), \"exit\": 0, \"result\": \(result), \"worker\": \(JSONEncoding.quoted(workerName(slotless: attempt))), \"host\": \(JSONEncoding.quoted(configuration.hostID)), \"copy\": \(attempt.copy), \"seconds\": \(seconds), \"time\": \(JSONEncoding.quoted(Supervisor.timestamp()))}\n"
-            if try queue.recordOutcome(attempt.task, json: json) {
+            let json = "{\"state\": \"finished\", \"attempt\": \(attempt.attempt), \"attempts\": \(attempt.attempt), \"exit\": 0, \"result\": \(result), \"worker\": \(JSONEncoding.quoted(attempt.worker)), \"host\": \(JSONEncoding.quoted(configuration.hostID)), \"copy\": \(attempt.copy), \"seconds\": \(seconds), \"time\": \(JSONEncoding.quoted(Supervisor.timestamp()))}\n"
+            if try queue.recordOutcome(attempt.task, state: .finished(attempt: attempt.attempt), json: json) {
                 finishedHere += 1
                 console.line("\(label) finished in \(seconds)s\(progress())")
                 // The other copy, if it runs here, stops at once rather than at its next heartbeat.
@@ -313,10 +364,6 @@ public final class QueueRunner {
         try failed(attempt, exit: exit, reason: "exit \(exit)")
     }
 
-    private func workerName(slotless attempt: Attempt) -> String {
-        queue.claimDetails(attempt.task, attempt: attempt.attempt)?["worker"]?.stringValue ?? configuration.hostID
-    }
-
     private func failed(_ attempt: Attempt, exit: Int32, reason: String) throws {
         let tail = Self.tail(of: attempt.logDirectory + "/console.log")
         try queue.end(attempt.task, attempt: attempt.attempt, failedWith: exit, reason: reason, tail: tail)
@@ -341,7 +388,7 @@ public final class QueueRunner {
             tail = value["tail"].map(JSONWriting.encode) ?? "[]"
         }
         let json = "{\"state\": \"failed\", \"attempts\": \(attempts), \"exit\": \(exit), \"result\": null, \"tail\": \(tail), \"time\": \(JSONEncoding.quoted(Supervisor.timestamp()))}\n"
-        if try queue.recordOutcome(task, json: json) {
+        if try queue.recordOutcome(task, state: .failed(attempts: attempts), json: json) {
             failedHere += 1
             console.line("\(task) failed: all \(attempts) attempts failed (last exit \(exit)); see \(queue.logDirectory(task, attempt: files.claims.last?.attempt ?? 1, copy: false))/console.log\(progress())")
         }
@@ -374,11 +421,11 @@ public final class QueueRunner {
         }
     }
 
+    /// The count after a task's end: the outcomes known here (the last scan's and this process's
+    /// own), without a scan.
     private func progress() -> String {
-        let outcomes = (try? queue.scan()) ?? []
-        let finished = outcomes.filter { if case .finished? = $0.outcome { return true }; return false }.count
-        let failed = outcomes.filter { if case .failed? = $0.outcome { return true }; return false }.count
-        return " [\(finished + failed)/\(outcomes.count) done: \(finished) finished, \(failed) failed; \(slots.compactMap { $0 }.count) running here]"
+        let (finished, failed) = queue.knownOutcomes
+        return " [\(finished + failed)/\(queue.definition.tasks.count) done: \(finished) finished, \(failed) failed; \(slots.compactMap { $0 }.count) running here]"
     }
 
     // MARK: - Leases, deadlines, stops

@@ -8,6 +8,8 @@ final class Console {
     private let streams = [ConsoleStream(fd: STDOUT_FILENO), ConsoleStream(fd: STDERR_FILENO)]
     /// Starts each of the coordinator's own lines; `graceful[node K]: ` on a node of a multi-node job.
     var prefix = "graceful: "
+    /// What the notice of dropped lines says after their count.
+    var droppedNotice = "line(s) of rank output dropped from the console, which did not keep up; the rank logs have every line"
 
     func report(_ line: String) {
         own("\(prefix)\(line)\n")
@@ -35,7 +37,7 @@ final class Console {
             if stream.droppedSinceNotice > 0 && stream.hasRoomForNotice {
                 let count = stream.droppedSinceNotice
                 stream.noticeWritten()
-                report("\(count) line(s) of rank output dropped from the console, which did not keep up; the rank logs have every line")
+                report("\(count) \(droppedNotice)")
             }
         }
     }

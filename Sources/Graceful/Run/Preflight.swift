@@ -19,7 +19,7 @@ struct Preflight {
 
     static func check(_ configuration: RunConfiguration, warn: (String) -> Void) throws(RunFailure) -> Preflight {
         let clusterSecret = try configuration.cluster.map { options throws(RunFailure) in try secret(options.token) }
-        let watcher = ControlFileWatcher(path: configuration.controlFile)
+        let watcher = ControlFileWatcher(path: configuration.controlFile, watching: false)
         if watcher.evaluate(warn: warn) {
             throw .controlFileRequestsExit(path: configuration.controlFile)
         }
