@@ -200,50 +200,32 @@ struct QueueBench {
         var rows = [["workers", "tasks", "wall s", "tasks/s", "CPU ms/task", "CPU-bound tasks/s", "exit"]]
         for entry in throughput {
             rows.append([
-                "\(entry.workers)", "\(entry.tasks)", format(entry.seconds), format(entry.tasksPerSecond),
-                format(entry.cpuMillisecondsPerTask), format(entry.cpuBoundTasksPerSecond), "\(entry.exitCode)",
+                "\(entry.workers)", "\(entry.tasks)", tableNumber(entry.seconds), tableNumber(entry.tasksPerSecond),
+                tableNumber(entry.cpuMillisecondsPerTask), tableNumber(entry.cpuBoundTasksPerSecond), "\(entry.exitCode)",
             ])
         }
-        out += columns(rows)
+        out += tableColumns(rows)
         out.append("  CPU: queue run and everything below it (graceful run, its guard, the task), from rusage;")
         out.append("  CPU-bound: every processor of this machine on the queue alone, at that cost per task")
         out.append("")
         out.append("queue: file operations (µs)")
-        out += columns([
+        out += tableColumns([
             ["", "p50", "p99", "max", "n"],
-            ["claim (stat, mkdir found, temporary written and closed, link, unlink)", format(claim.p50), format(claim.p99), format(claim.max), "\(claim.count)"],
-            ["outcome (the same, temporary and directory fsynced)", format(outcome.p50), format(outcome.p99), format(outcome.max), "\(outcome.count)"],
+            ["claim (stat, mkdir found, temporary written and closed, link, unlink)", tableNumber(claim.p50), tableNumber(claim.p99), tableNumber(claim.max), "\(claim.count)"],
+            ["outcome (the same, temporary and directory fsynced)", tableNumber(outcome.p50), tableNumber(outcome.p99), tableNumber(outcome.max), "\(outcome.count)"],
         ])
         out.append("")
         out.append("queue: queue run while one long task runs (heartbeats, control-file and deadline checks)")
         var idleRows = [["lease s", "heartbeat s", "seconds", "CPU ms", "CPU % (schedstat)"]]
         for entry in idle {
-            idleRows.append([format(entry.lease), format(entry.heartbeatSeconds), format(entry.seconds),
-                             format(Double(entry.cpuNanoseconds) / 1e6), format(entry.cpuPercent)])
+            idleRows.append([tableNumber(entry.lease), tableNumber(entry.heartbeatSeconds), tableNumber(entry.seconds),
+                             tableNumber(Double(entry.cpuNanoseconds) / 1e6), tableNumber(entry.cpuPercent)])
         }
-        out += columns(idleRows)
+        out += tableColumns(idleRows)
         out.append("")
         return out
     }
 
-    private func format(_ value: Double) -> String {
-        guard value.isFinite else { return "-" }
-        if abs(value) >= 100 { return String(format: "%.0f", value) }
-        if abs(value) >= 10 { return String(format: "%.1f", value) }
-        if abs(value) >= 1 { return String(format: "%.2f", value) }
-        return String(format: "%.3f", value)
-    }
-
-    private func columns(_ rows: [[String]]) -> [String] {
-        let count = rows.map(\.count).max() ?? 0
-        let widths = (0..<count).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
-        return rows.map { row in
-            "  " + row.enumerated().map { column, cell in
-                let pad = String(repeating: " ", count: widths[column] - cell.count)
-                return column == 0 ? cell + pad : pad + cell
-            }.joined(separator: "  ")
-        }
-    }
 }
 
 extension Options {

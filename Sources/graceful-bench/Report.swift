@@ -88,7 +88,7 @@ struct Report {
     private func parts(_ limits: Limits, _ stepCost: StepCost, _ comparison: Comparison) -> [String] {
         var out: [String] = []
         out.append("physical limits, one way (µs)")
-        out += columns([
+        out += tableColumns([
             ["", "p50", "p99", "max", "n"],
             row("pipe write → peer's read returns", limits.pipe),
             row("AF_UNIX socket write → peer's read returns", limits.socket),
@@ -105,14 +105,14 @@ struct Report {
             let raw = rawFanOut.first { $0.ranks == result.ranks }
             fanRows.append([
                 "\(result.ranks)", result.trigger.rawValue, "\(result.trials.count)",
-                number(result.sampledRung.p50), number(result.sampledRung.p99),
-                number(result.everyRankAnswered.p50), number(result.everyRankAnswered.p99),
-                number(result.sampledInHand.p50), number(result.sampledInHand.p99), number(result.stopStepSent.p99),
-                number(result.reaction.p50),
-                raw.map { number($0.everyPeer.p50) } ?? "-", raw.map { number($0.everyPeer.p99) } ?? "-",
+                tableNumber(result.sampledRung.p50), tableNumber(result.sampledRung.p99),
+                tableNumber(result.everyRankAnswered.p50), tableNumber(result.everyRankAnswered.p99),
+                tableNumber(result.sampledInHand.p50), tableNumber(result.sampledInHand.p99), tableNumber(result.stopStepSent.p99),
+                tableNumber(result.reaction.p50),
+                raw.map { tableNumber($0.everyPeer.p50) } ?? "-", raw.map { tableNumber($0.everyPeer.p99) } ?? "-",
             ])
         }
-        out += columns(fanRows)
+        out += tableColumns(fanRows)
         out.append("  doorbell: the last sampled rank's thread in FUTEX_WAIT on the doorbell wakes (the request is in every rank's memory)")
         out.append("  every rank answered: the stop step reaches rank 0, sent first once the coordinator holds every answer (upper bound)")
         out.append("  sampled: rank 0 and 1 rank in N/8 counting back from the last, through a relay in the rank; answered = its client's reader answered")
@@ -123,55 +123,55 @@ struct Report {
         out.append("detection (ms from the trigger to the coordinator writing its \"stop requested\" line)")
         var detectionRows = [["ranks", "trigger", "p50", "p99", "max"]]
         for result in fanOut {
-            detectionRows.append(["\(result.ranks)", result.trigger.rawValue, number(result.detection.p50), number(result.detection.p99), number(result.detection.max)])
+            detectionRows.append(["\(result.ranks)", result.trigger.rawValue, tableNumber(result.detection.p50), tableNumber(result.detection.p99), tableNumber(result.detection.max)])
         }
-        out += columns(detectionRows)
+        out += tableColumns(detectionRows)
         out.append("")
         out.append("per-step cost with nothing pending (ns per step)")
-        out += columns([
-            ["GracefulRank shouldStop(step:) (Swift)", number(stepCost.swift)],
-            ["graceful_exit should_stop(step) (Python)", number(stepCost.python)],
-            ["  the same Python loop around nothing", number(stepCost.pythonEmptyLoop)],
-            ["json.load(open(path))[\"GracefulExit\"] == 1 (Python, MindSpore's way)", number(stepCost.mindSporeStyle)],
+        out += tableColumns([
+            ["GracefulRank shouldStop(step:) (Swift)", tableNumber(stepCost.swift)],
+            ["graceful_exit should_stop(step) (Python)", tableNumber(stepCost.python)],
+            ["  the same Python loop around nothing", tableNumber(stepCost.pythonEmptyLoop)],
+            ["json.load(open(path))[\"GracefulExit\"] == 1 (Python, MindSpore's way)", tableNumber(stepCost.mindSporeStyle)],
         ])
         out.append("")
         out.append("coordinator footprint while nothing happens")
         var footprintRows = [["ranks", "rank output", "seconds", "VmRSS MB", "VmHWM MB", "CPU % (schedstat)", "CPU % (ticks)"]]
         for entry in footprint {
             footprintRows.append([
-                "\(entry.ranks)", entry.logEvery.map { "1 line / \(number($0)) s each" } ?? "none", number(entry.seconds),
-                number(Double(entry.residentKilobytes) / 1024), number(Double(entry.peakResidentKilobytes) / 1024),
-                number(entry.cpuPercent), number(entry.cpuPercentFromTicks),
+                "\(entry.ranks)", entry.logEvery.map { "1 line / \(tableNumber($0)) s each" } ?? "none", tableNumber(entry.seconds),
+                tableNumber(Double(entry.residentKilobytes) / 1024), tableNumber(Double(entry.peakResidentKilobytes) / 1024),
+                tableNumber(entry.cpuPercent), tableNumber(entry.cpuPercentFromTicks),
             ])
         }
-        out += columns(footprintRows)
+        out += tableColumns(footprintRows)
         out.append("")
         out.append("launch (ms from starting graceful run to every rank's hello)")
         var launchRows = [["ranks", "launches", "sent p50", "sent max", "relayed p50", "relayed max"]]
         for entry in launch {
             launchRows.append([
-                "\(entry.ranks)", "\(entry.helloSent.count)", number(entry.helloSent.p50), number(entry.helloSent.max),
-                number(entry.helloRelayed.p50), number(entry.helloRelayed.max),
+                "\(entry.ranks)", "\(entry.helloSent.count)", tableNumber(entry.helloSent.p50), tableNumber(entry.helloSent.max),
+                tableNumber(entry.helloRelayed.p50), tableNumber(entry.helloRelayed.max),
             ])
         }
-        out += columns(launchRows)
+        out += tableColumns(launchRows)
         out.append("")
         out.append("trivial 4-rank Python job")
         var comparisonRows = [["launcher", "start to exit (s)", "launcher VmHWM (MB)"]]
-        comparisonRows.append(["graceful", number(comparison.graceful.trivialJobSeconds), number(Double(comparison.graceful.peakResidentKilobytes) / 1024)])
+        comparisonRows.append(["graceful", tableNumber(comparison.graceful.trivialJobSeconds), tableNumber(Double(comparison.graceful.peakResidentKilobytes) / 1024)])
         if let torch = comparison.torchrun {
-            comparisonRows.append(["torchrun", number(torch.trivialJobSeconds), number(Double(torch.peakResidentKilobytes) / 1024)])
+            comparisonRows.append(["torchrun", tableNumber(torch.trivialJobSeconds), tableNumber(Double(torch.peakResidentKilobytes) / 1024)])
         } else {
             comparisonRows.append(["torchrun", comparison.torchrunAbsence, ""])
         }
-        out += columns(comparisonRows)
+        out += tableColumns(comparisonRows)
         out.append("")
         return out
     }
 
     private func floodTable(_ flood: Flood) -> [String] {
         var out: [String] = []
-        out.append("output flood: stop (ms from kill(SIGTERM) to graceful; rank 0 is `yes`, rank 1 sleeps; \(number(flood.floodSeconds)) s of flood first)")
+        out.append("output flood: stop (ms from kill(SIGTERM) to graceful; rank 0 is `yes`, rank 1 sleeps; \(tableNumber(flood.floodSeconds)) s of flood first)")
         var stopRows = [[
             "console", "trials", "stop line p50", "p99", "yes rank ended p50", "p99", "graceful exited p50", "p99",
             "max VmRSS MB", "max VmHWM MB", "relayed MB/s p50", "console lines", "dropped",
@@ -180,14 +180,14 @@ struct Report {
             let drained = result.console == .drained
             stopRows.append([
                 drained ? "drained here" : "stalled (unread pipe)", "\(result.trials.count)",
-                number(result.stopLine.p50), number(result.stopLine.p99),
-                number(result.rankEnded.p50), number(result.rankEnded.p99), number(result.exited.p50), number(result.exited.p99),
-                number(Double(result.peakResidentKilobytes) / 1024), number(Double(result.peakHighWaterKilobytes) / 1024),
-                number(result.relayedMegabytesPerSecond.p50),
+                tableNumber(result.stopLine.p50), tableNumber(result.stopLine.p99),
+                tableNumber(result.rankEnded.p50), tableNumber(result.rankEnded.p99), tableNumber(result.exited.p50), tableNumber(result.exited.p99),
+                tableNumber(Double(result.peakResidentKilobytes) / 1024), tableNumber(Double(result.peakHighWaterKilobytes) / 1024),
+                tableNumber(result.relayedMegabytesPerSecond.p50),
                 drained ? "\(result.consoleLines)" : "-", drained ? "\(result.droppedReported)" : "-",
             ])
         }
-        out += columns(stopRows)
+        out += tableColumns(stopRows)
         out.append("  stop line: the kernel's stamp of graceful's `stop requested` line (a stalled console cannot be read)")
         out.append("  yes rank ended: rank 0 seen a zombie or gone, polled every 0.2 ms; relayed: rank_0.log's bytes over the flood")
         out.append("  VmRSS sampled every 100 ms from the start of the flood to graceful's exit; dropped: rank lines graceful reported not shown")
@@ -199,14 +199,14 @@ struct Report {
         ]]
         for entry in flood.throughput {
             throughputRows.append([
-                "\(entry.lineBytes)", "\(entry.lines)", number(Double(entry.payloadBytes) / 1e6), number(entry.seconds),
-                number(entry.linesPerSecond), number(entry.logMegabytesPerSecond), "\(entry.consoleLines)",
-                number(entry.consoleMegabytesPerSecond), "\(entry.droppedReported)",
-                entry.logLines == entry.lines ? "yes" : "\(entry.logLines) lines", number(Double(entry.peakResidentKilobytes) / 1024),
-                number(entry.catSeconds), number(entry.catLinesPerSecond), number(entry.catMegabytesPerSecond),
+                "\(entry.lineBytes)", "\(entry.lines)", tableNumber(Double(entry.payloadBytes) / 1e6), tableNumber(entry.seconds),
+                tableNumber(entry.linesPerSecond), tableNumber(entry.logMegabytesPerSecond), "\(entry.consoleLines)",
+                tableNumber(entry.consoleMegabytesPerSecond), "\(entry.droppedReported)",
+                entry.logLines == entry.lines ? "yes" : "\(entry.logLines) lines", tableNumber(Double(entry.peakResidentKilobytes) / 1024),
+                tableNumber(entry.catSeconds), tableNumber(entry.catLinesPerSecond), tableNumber(entry.catMegabytesPerSecond),
             ])
         }
-        out += columns(throughputRows)
+        out += tableColumns(throughputRows)
         out.append("  wall: from starting graceful run to its exit; console MB/s counts the `[rank0]: ` prefixes; cat: the same generator | cat, same drain")
         out.append("")
         return out
@@ -224,15 +224,15 @@ struct Report {
         for result in multiNode.fanOut {
             stopRows.append([
                 "\(nodes)×\(result.ranksPerNode)", result.trigger.rawValue, "\(result.trials.count)", "\(result.cleanStops)",
-                number(result.leaderHeard.p50), number(result.leaderHeard.p99),
-                number(result.everyNodeRang.p50), number(result.everyNodeRang.p99),
-                number(result.everyWatchedRung.p50), number(result.everyWatchedRung.p99),
-                number(result.everyRankAnswered.p50), number(result.everyRankAnswered.p99), number(result.everyNodeStepSent.p99),
-                number(result.lastConfirmed.p50), number(result.leaderCommitted.p50), number(result.leaderCommitted.p99),
-                number(result.everyNodeCommitted.p50), number(result.everyNodeCommitted.p99),
+                tableNumber(result.leaderHeard.p50), tableNumber(result.leaderHeard.p99),
+                tableNumber(result.everyNodeRang.p50), tableNumber(result.everyNodeRang.p99),
+                tableNumber(result.everyWatchedRung.p50), tableNumber(result.everyWatchedRung.p99),
+                tableNumber(result.everyRankAnswered.p50), tableNumber(result.everyRankAnswered.p99), tableNumber(result.everyNodeStepSent.p99),
+                tableNumber(result.lastConfirmed.p50), tableNumber(result.leaderCommitted.p50), tableNumber(result.leaderCommitted.p99),
+                tableNumber(result.everyNodeCommitted.p50), tableNumber(result.everyNodeCommitted.p99),
             ])
         }
-        out += columns(stopRows)
+        out += tableColumns(stopRows)
         out.append("  leader heard: the leader's `stop requested` line (node \(MultiNodeJob.triggerNode) saw the trigger and told it)")
         out.append("  every node's doorbell: the last node's `stop requested` line, written after it stored the request in its ranks' doorbell")
         out.append("  watched ranks' doorbell seen: the last woken of the threads in FUTEX_WAIT on their node's doorbell, in local rank 0 and 1 in R/8 of each node")
@@ -240,7 +240,7 @@ struct Report {
         out.append("  stop step sent: the last node's `stop step` line; last confirmation: the last rank just before `checkpointed`")
         out.append("  leader committed: node 0's `committed step` line (after the record is durable); every node committed: the last node's")
         let raw = multiNode.rawLoopback
-        out.append("  floor: a line written to each of 3 loopback TCP connections, 3 bare peers woken: every peer p50 \(number(raw.everyPeer.p50)), p99 \(number(raw.everyPeer.p99)) ms")
+        out.append("  floor: a line written to each of 3 loopback TCP connections, 3 bare peers woken: every peer p50 \(tableNumber(raw.everyPeer.p50)), p99 \(tableNumber(raw.everyPeer.p99)) ms")
         out.append("")
         out.append("several nodes: commit (ms from the last rank's confirmation)")
         var commitRows = [["ranks", "trigger", "trials", "leader's record p50", "p99", "max", "every node heard committed p50", "p99", "max"]]
@@ -249,12 +249,12 @@ struct Report {
             let every = result.everyNodeCommittedAfterConfirmation
             commitRows.append([
                 "\(nodes)×\(result.ranksPerNode)", result.trigger.rawValue, "\(result.trials.count)",
-                number(leader.p50), number(leader.p99), number(leader.max), number(every.p50), number(every.p99), number(every.max),
+                tableNumber(leader.p50), tableNumber(leader.p99), tableNumber(leader.max), tableNumber(every.p50), tableNumber(every.p99), tableNumber(every.max),
             ])
         }
-        out += columns(commitRows)
+        out += tableColumns(commitRows)
         let floor = multiNode.durableReplace
-        out.append("  floor: one durable replace here (write, fsync, rename, fsync the directory): p50 \(number(floor.p50)), p99 \(number(floor.p99)) ms;")
+        out.append("  floor: one durable replace here (write, fsync, rename, fsync the directory): p50 \(tableNumber(floor.p50)), p99 \(tableNumber(floor.p99)) ms;")
         out.append("  the leader does one for the record; each follower one for its copy before its `committed step` line")
         out.append("")
         out.append("several nodes: rendezvous (ms from starting the leader's graceful run; nodes 1-\(nodes - 1) right after it)")
@@ -264,52 +264,53 @@ struct Report {
         ]]
         for entry in multiNode.rendezvous {
             rendezvousRows.append([
-                "\(nodes)×\(entry.ranksPerNode)", "\(entry.trials.count)", number(entry.allStarted.max),
-                number(entry.everyNodeJoined.p50), number(entry.everyNodeJoined.max),
-                number(entry.everyNodeLaunching.p50), number(entry.everyNodeLaunching.max),
-                number(entry.everyHelloSent.p50), number(entry.everyHelloSent.max),
-                number(entry.everyReadyRelayed.p50), number(entry.everyReadyRelayed.max), "\(entry.launchesWithRetry)",
+                "\(nodes)×\(entry.ranksPerNode)", "\(entry.trials.count)", tableNumber(entry.allStarted.max),
+                tableNumber(entry.everyNodeJoined.p50), tableNumber(entry.everyNodeJoined.max),
+                tableNumber(entry.everyNodeLaunching.p50), tableNumber(entry.everyNodeLaunching.max),
+                tableNumber(entry.everyHelloSent.p50), tableNumber(entry.everyHelloSent.max),
+                tableNumber(entry.everyReadyRelayed.p50), tableNumber(entry.everyReadyRelayed.max), "\(entry.launchesWithRetry)",
             ])
         }
-        out += columns(rendezvousRows)
+        out += tableColumns(rendezvousRows)
         out.append("  a follower retries (0.1 s, then doubling) when it connects before the leader listens")
         out.append("")
         let interval = MultiNodeIdle.heartbeatInterval(timeout: multiNode.heartbeatTimeout)
-        out.append("several nodes at rest: each coordinator's CPU while nothing happens (--heartbeat-timeout \(number(multiNode.heartbeatTimeout)) s: a heartbeat every \(number(interval)) s each way per link)")
+        out.append("several nodes at rest: each coordinator's CPU while nothing happens (--heartbeat-timeout \(tableNumber(multiNode.heartbeatTimeout)) s: a heartbeat every \(tableNumber(interval)) s each way per link)")
         var idleRows = [["ranks", "seconds", "leader CPU % (schedstat)"] + (1..<nodes).map { "node \($0) %" } + ["leader VmRSS MB", "follower VmRSS MB max"]]
         for entry in multiNode.idle {
             idleRows.append(
-                ["\(nodes)×\(entry.ranksPerNode)", number(entry.seconds), number(entry.leaderCpuPercent)]
-                    + (1..<nodes).map { number(entry.cpuPercent(node: $0)) }
-                    + [number(entry.residentMegabytes(node: 0)), number((1..<nodes).map { entry.residentMegabytes(node: $0) }.max() ?? .nan)])
+                ["\(nodes)×\(entry.ranksPerNode)", tableNumber(entry.seconds), tableNumber(entry.leaderCpuPercent)]
+                    + (1..<nodes).map { tableNumber(entry.cpuPercent(node: $0)) }
+                    + [tableNumber(entry.residentMegabytes(node: 0)), tableNumber((1..<nodes).map { entry.residentMegabytes(node: $0) }.max() ?? .nan)])
         }
-        out += columns(idleRows)
+        out += tableColumns(idleRows)
         out.append("")
         return out
     }
 
     private func row(_ name: String, _ summary: Summary) -> [String] {
-        [name, number(summary.p50), number(summary.p99), number(summary.max), "\(summary.count)"]
+        [name, tableNumber(summary.p50), tableNumber(summary.p99), tableNumber(summary.max), "\(summary.count)"]
     }
 
-    /// Three significant digits, at least one decimal below 100.
-    private func number(_ value: Double) -> String {
-        guard value.isFinite else { return "-" }
-        if abs(value) >= 100 { return String(format: "%.0f", value) }
-        if abs(value) >= 10 { return String(format: "%.1f", value) }
-        if abs(value) >= 1 { return String(format: "%.2f", value) }
-        return String(format: "%.3f", value)
-    }
+}
 
-    /// Left-aligned first column, right-aligned numbers.
-    private func columns(_ rows: [[String]]) -> [String] {
-        let count = rows.map(\.count).max() ?? 0
-        let widths = (0..<count).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
-        return rows.map { row in
-            "  " + row.enumerated().map { column, cell in
-                let pad = String(repeating: " ", count: widths[column] - cell.count)
-                return column == 0 ? cell + pad : pad + cell
-            }.joined(separator: "  ")
-        }
+/// Three significant digits, at least one decimal below 100; `-` for a figure not measured.
+func tableNumber(_ value: Double) -> String {
+    guard value.isFinite else { return "-" }
+    if abs(value) >= 100 { return String(format: "%.0f", value) }
+    if abs(value) >= 10 { return String(format: "%.1f", value) }
+    if abs(value) >= 1 { return String(format: "%.2f", value) }
+    return String(format: "%.3f", value)
+}
+
+/// Left-aligned first column, right-aligned numbers.
+func tableColumns(_ rows: [[String]]) -> [String] {
+    let count = rows.map(\.count).max() ?? 0
+    let widths = (0..<count).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
+    return rows.map { row in
+        "  " + row.enumerated().map { column, cell in
+            let pad = String(repeating: " ", count: widths[column] - cell.count)
+            return column == 0 ? cell + pad : pad + cell
+        }.joined(separator: "  ")
     }
 }
