@@ -10,15 +10,6 @@ import Glibc
 /// the coordinator relayed every `ready` line it has read every hello, every rank counts as speaking
 /// the protocol, and a stop reaches all of them as a message.
 final class BenchJob {
-    /// What the ranks recorded (CLOCK_MONOTONIC ns), as `graceful-bench-rank rank` writes it.
-    struct RankTimes {
-        /// When each rank's client had sent its hello, by rank.
-        var helloSent: [Int: Int64] = [:]
-        /// Per relayed rank that was told the stop step: when the stop's bytes reached its relay, when
-        /// its client's answer did, when the stop step did, and when the doorbell woke its waiter (0:
-        /// it did not).
-        var relayed: [(rank: Int, delivered: Int64, answered: Int64, told: Int64, rung: Int64)] = []
-    }
 
     /// One rank in this many has a relay (see `graceful-bench-rank`), counting back from the last,
     /// and rank 0: 9 relayed ranks at most, so the relays' own wake-ups stay a small part of a stop.
@@ -118,22 +109,39 @@ final class BenchJob {
     }
 
     /// The results file as it stands.
-    func rankTimes() -> RankTimes {
-        var times = RankTimes()
-        let text = (try? String(contentsOfFile: results, encoding: .utf8)) ?? ""
+    func rankTimes() -> RankTimes { RankTimes(resultsFile: results) }
+
+    private func tail() -> String {
+        coordinator.lines.suffix(15).map { "  | " + $0.text }.joined(separator: "\n")
+    }
+}
+
+/// What the bench ranks recorded (CLOCK_MONOTONIC ns), as `graceful-bench-rank rank` writes it to
+/// the results file of a single-node or a multi-node job.
+struct RankTimes {
+    /// When each rank's client had sent its hello, by rank.
+    var helloSent: [Int: Int64] = [:]
+    /// Per relayed rank that was told the stop step: when the stop's bytes reached its relay, when
+    /// its client's answer did, when the stop step did, and when the doorbell woke its waiter (0:
+    /// it did not).
+    var relayed: [(rank: Int, delivered: Int64, answered: Int64, told: Int64, rung: Int64)] = []
+    /// Per rank that confirmed: the moment before its `checkpointed`, and its doorbell waiter's
+    /// wake-up (0: none).
+    var confirmed: [Int: (confirmed: Int64, rung: Int64)] = [:]
+
+    /// The records in `resultsFile` as it stands (none when it cannot be read yet).
+    init(resultsFile: String) {
+        let text = (try? String(contentsOfFile: resultsFile, encoding: .utf8)) ?? ""
         for line in text.split(separator: "\n") {
             let words = line.split(separator: " ")
             let numbers = words.dropFirst().compactMap { Int64($0) }
             if words.first == "hello", numbers.count == 2 {
-                times.helloSent[Int(numbers[0])] = numbers[1]
+                helloSent[Int(numbers[0])] = numbers[1]
             } else if words.first == "stop", numbers.count == 5 {
-                times.relayed.append((Int(numbers[0]), numbers[1], numbers[2], numbers[3], numbers[4]))
+                relayed.append((Int(numbers[0]), numbers[1], numbers[2], numbers[3], numbers[4]))
+            } else if words.first == "confirmed", numbers.count == 3 {
+                confirmed[Int(numbers[0])] = (numbers[1], numbers[2])
             }
         }
-        return times
-    }
-
-    private func tail() -> String {
-        coordinator.lines.suffix(15).map { "  | " + $0.text }.joined(separator: "\n")
     }
 }

@@ -25,13 +25,6 @@ final class MultiNodeJob {
     /// The follower whose control file or coordinator gets the trigger.
     static let triggerNode = 2
 
-    struct RankTimes {
-        var helloSent: [Int: Int64] = [:]
-        /// Per rank that confirmed: the moment before its `checkpointed`, and its doorbell waiter's
-        /// wake-up (0: none).
-        var confirmed: [Int: (confirmed: Int64, rung: Int64)] = [:]
-    }
-
     let ranksPerNode: Int
     var ranks: Int { Self.nodes * ranksPerNode }
     /// Ranks per node with a doorbell waiter (the same sample as `BenchJob`'s relayed ranks).
@@ -194,20 +187,7 @@ final class MultiNodeJob {
     }
 
     /// The results file as it stands.
-    func rankTimes() -> RankTimes {
-        var times = RankTimes()
-        let text = (try? String(contentsOfFile: results, encoding: .utf8)) ?? ""
-        for line in text.split(separator: "\n") {
-            let words = line.split(separator: " ")
-            let numbers = words.dropFirst().compactMap { Int64($0) }
-            if words.first == "hello", numbers.count == 2 {
-                times.helloSent[Int(numbers[0])] = numbers[1]
-            } else if words.first == "confirmed", numbers.count == 3 {
-                times.confirmed[Int(numbers[0])] = (numbers[1], numbers[2])
-            }
-        }
-        return times
-    }
+    func rankTimes() -> RankTimes { RankTimes(resultsFile: results) }
 
     var description: String { "\(Self.nodes)×\(ranksPerNode) ranks" }
 
