@@ -284,19 +284,13 @@ final class ClusterSession {
         clockNow = now
         if !isLeader, outcome == .gathering, leaderToken == nil, now >= nextConnectAttempt { connectToLeader(now: now) }
         if leader != nil { perform(leader!.tick(now: now)) }
+        keepAlive(now: now)
         for (token, connection) in connections {
-            if connection.isEstablished && (connection.node != nil || !isLeader) && now >= connection.lastSent + heartbeatInterval {
-                let ping = isLeader ? ClusterCoding.encode(ClusterCommand.ping) : ClusterCoding.encode(ClusterNodeMessage.ping)
-                if !connection.send(ping, now: now) {
-                    drop(token, reason: "its connection broke", now: now)
-                    continue
-                }
-            }
             if !connection.flush() {
                 drop(token, reason: "its connection broke", now: now)
                 continue
             }
-            if connection.isEstablished && (connection.node != nil || !isLeader) {
+            if carriesHeartbeats(connection) {
                 if now.seconds(since: connection.lastHeard) >= settings.heartbeatTimeout {
                     drop(token, reason: "sent nothing for \(format(settings.heartbeatTimeout))s (--heartbeat-timeout)", now: now)
                 }
@@ -328,12 +322,17 @@ final class ClusterSession {
     /// heartbeats due go out meanwhile, so that no other node judges it lost.
     func keepAlive(now: Instant) {
         clockNow = now
-        for (token, connection) in connections where connection.isEstablished && (connection.node != nil || !isLeader) {
+        for (token, connection) in connections where carriesHeartbeats(connection) {
             let ping = isLeader ? ClusterCoding.encode(ClusterCommand.ping) : ClusterCoding.encode(ClusterNodeMessage.ping)
             if now >= connection.lastSent + heartbeatInterval, !connection.send(ping, now: now) {
                 drop(token, reason: "its connection broke", now: now)
             }
         }
+    }
+
+    /// A link to the leader, or to a node that joined: one a stranger still proving itself is not.
+    private func carriesHeartbeats(_ connection: ClusterConnection) -> Bool {
+        connection.isEstablished && (connection.node != nil || !isLeader)
     }
 
     /// Sends what is queued, waiting up to `milliseconds` (the last words before exiting).
