@@ -72,7 +72,9 @@ public enum CommandLineInterface {
                                   checkpoint and exit before they get SIGTERM. (default: 30)
           --kill-after <seconds>  How long from SIGTERM to SIGKILL. (default: 10)
           --max-restarts <n>      When a rank fails, stop the whole gang and relaunch it from the
-                                  last commit, up to n times. (default: 0) Also --max_restarts.
+                                  last commit, up to n times; with several nodes, every node's
+                                  ranks (the leader's value counts). (default: 0)
+                                  Also --max_restarts.
           --restart-backoff <seconds>
                                   Wait before the first restart, doubled for each further one, up
                                   to 60 (or the first wait, if longer). (default: 1)
@@ -98,7 +100,8 @@ public enum CommandLineInterface {
                                   Where the leader listens and the others connect. (default:
                                   --master-addr, port --master-port + 1) Also --rdzv_endpoint.
           --rdzv-timeout <seconds>
-                                  How long every node waits for all to join. (default: 600)
+                                  How long every node waits for all to join, and the leader
+                                  for every node to be ready for a restart. (default: 600)
           --heartbeat-timeout <seconds>
                                   Silence after which a node counts as lost. (default: 5)
           --token-file <path>     The job's secret, the same on every node. (default: the
@@ -371,9 +374,6 @@ public enum CommandLineInterface {
         }
         if case .environment = nodes.token, host.environment["GRACEFUL_JOB_TOKEN"] == nil {
             throw UsageError(message: "--nnodes \(nodes.nodeCount) needs the job's secret on every node: export GRACEFUL_JOB_TOKEN=$(head -c 32 /dev/urandom | base64) (the same value everywhere), or pass --token-file PATH (\(hint))")
-        }
-        if configuration.policy.maxRestarts > 0 {
-            throw UsageError(message: "--max-restarts across several nodes is not supported yet: a failed node ends the job (\(hint))")
         }
     }
 

@@ -38,12 +38,15 @@ public struct ClusterWorld: Equatable, Sendable {
     public var runID: String
     public var nodeCount: Int
     public var localRanks: Int
+    /// The job's restart this launch is (0: the first launch), as torchrun's `TORCHELASTIC_RESTART_COUNT`.
+    public var restart: Int
     public var worldSize: Int { nodeCount * localRanks }
 
-    public init(runID: String, nodeCount: Int, localRanks: Int) {
+    public init(runID: String, nodeCount: Int, localRanks: Int, restart: Int = 0) {
         self.runID = runID
         self.nodeCount = nodeCount
         self.localRanks = localRanks
+        self.restart = restart
     }
 
     /// The global rank of `localRank` on `node`, as torchrun numbers them.

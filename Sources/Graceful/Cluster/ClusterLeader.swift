@@ -19,23 +19,46 @@ import GracefulProtocol
 /// - the first stop trigger starts the one stop; later triggers escalate only when a node repeats
 ///   its own stop signal, or sends a quit during a stop that was not one (the control file, and one
 ///   scheduler signal to every node, a quit included, never do);
-/// - a node that is lost, or whose rank fails, makes every other living node get `nodeFailed`, and
-///   no round in flight can commit after it.
+/// - a node that is lost, or whose rank fails, makes every living node get `nodeFailed`, and no
+///   round in flight can commit after it, unless the job restarts: then (while no stop trigger
+///   arrived, no node finished, at most `maxRestarts` times) every living node gets `restart`, and
+///   the relaunch (`.launch` of the next restart, with the last commit) goes to every node at once,
+///   only once every node said `cleared` for it or joined again in agreement, not before the
+///   restart's backoff; a stop trigger, a node ending, or `rendezvousTimeout` without every node
+///   ready ends the restart: every living node gets `nodeFailed`, every node that joined again
+///   `refused`;
+/// - a stop that starts after a node finished cannot commit (that node's ranks confirm nothing): it
+///   fails at once, and no checkpoint round starts.
 public struct ClusterLeader: Sendable {
     public struct Policy: Equatable, Sendable {
         public var grace: Double
         public var alignTimeout: Double
         public var checkpointEvery: Double?
-        /// Seconds from the leader's start to every node joined.
+        /// Seconds from the leader's start to every node joined; also from a restart's start to every
+        /// node ready for its relaunch.
         public var rendezvousTimeout: Double
+        /// How many times the whole job relaunches from its last commit after a failure.
+        public var maxRestarts: Int
+        /// Seconds from a restart's start to its relaunch at the earliest, doubled for each further
+        /// restart as `StopPolicy.backoff(beforeRestart:)` does on one node.
+        public var restartBackoff: Double
         /// Added to the nodes' own deadlines: their reports travel over the network.
         public static let networkMargin = 1.0
 
-        public init(grace: Double, alignTimeout: Double, checkpointEvery: Double?, rendezvousTimeout: Double) {
+        public init(
+            grace: Double, alignTimeout: Double, checkpointEvery: Double?, rendezvousTimeout: Double,
+            maxRestarts: Int = 0, restartBackoff: Double = StopPolicy.defaultRestartBackoff
+        ) {
             self.grace = grace
             self.alignTimeout = alignTimeout
             self.checkpointEvery = checkpointEvery
             self.rendezvousTimeout = rendezvousTimeout
+            self.maxRestarts = maxRestarts
+            self.restartBackoff = restartBackoff
+        }
+
+        func backoff(beforeRestart restart: Int) -> Double {
+            StopPolicy(restartBackoff: restartBackoff).backoff(beforeRestart: restart)
         }
     }
 
@@ -46,6 +69,8 @@ public struct ClusterLeader: Sendable {
         case commit(round: Int, step: Int, paths: [CheckpointPath?], trigger: String)
         /// The rendezvous failed: every node was told why; the leader ends with `ExitCode.rendezvous`.
         case abort(String)
+        /// Refuse the join just received, on the connection it came on (it holds no node rank).
+        case refuseJoin(String)
         case report(ClusterReport)
     }
 
@@ -68,6 +93,8 @@ public struct ClusterLeader: Sendable {
     public enum Phase: Equatable, Sendable {
         case gathering(deadline: Instant)
         case running
+        /// Every node clears its ranks for restart `restart`; `deadline` for every node to be ready.
+        case restarting(restart: Int, deadline: Instant)
         case aborted
     }
 
@@ -89,6 +116,14 @@ public struct ClusterLeader: Sendable {
     private var leaderRecord: String?
     /// Nodes that said they finished (not lost).
     private var finished: Set<Int> = []
+    /// Restarts started so far.
+    public private(set) var restarts = 0
+    /// During a restart: the nodes ready for its relaunch (cleared, or joined again).
+    public private(set) var ready: Set<Int> = []
+    /// During a restart: the earliest relaunch (its backoff).
+    private var relaunchAt = Instant.seconds(0)
+    /// The job's last commit, which a node joining again must not be ahead of.
+    private var leaderCommit: ClusterJoin.Commit?
 
     /// `leader` is node 0's own join; `record` its commit record's JSON, sent to every node at launch.
     public init(leader: ClusterJoin, runID: String, record: String?, policy: Policy, now: Instant) {
@@ -99,6 +134,7 @@ public struct ClusterLeader: Sendable {
         phase = .gathering(deadline: leader.nodeCount <= 1 ? now : now + policy.rendezvousTimeout)
         joins[0] = leader
         leaderRecord = record
+        leaderCommit = leader.commit
     }
 
     /// Whether every node launched has finished or was lost.
@@ -108,13 +144,15 @@ public struct ClusterLeader: Sendable {
         switch phase {
         case .gathering(let deadline): return deadline
         case .aborted: return nil
+        case .restarting(_, let deadline):
+            return ready.count == nodeCount ? relaunchAt : deadline
         case .running:
             if let round {
                 if round.step == nil { return round.requestedAt + policy.alignTimeout + Policy.networkMargin }
                 if !round.failed && !round.commitAsked { return round.requestedAt + policy.grace + Policy.networkMargin }
                 return nil
             }
-            return stopTrigger == nil && !failed ? nextCheckpointAt : nil
+            return canCheckpoint ? nextCheckpointAt : nil
         }
     }
 
@@ -122,8 +160,11 @@ public struct ClusterLeader: Sendable {
 
     /// A node's join. Any disagreement refuses the whole job, before any launch.
     public mutating func joined(_ join: ClusterJoin, now: Instant) -> [Action] {
-        guard case .gathering = phase else {
-            return [.report(.lateJoin(node: join.node, host: join.host))]
+        switch phase {
+        case .gathering: break
+        case .restarting(let restart, _): return rejoined(join, restart: restart, now: now)
+        case .running: return [.report(.lateJoin(node: join.node, host: join.host)), .refuseJoin(ClusterReport.launchedWithout(join))]
+        case .aborted: return [.report(.lateJoin(node: join.node, host: join.host))]
         }
         if let problem = disagreement(join) { return abort(problem) }
         joins[join.node] = join
@@ -138,7 +179,8 @@ public struct ClusterLeader: Sendable {
         return [.report(.launching(world))] + (0..<nodeCount).map { .send(node: $0, .launch(world, record: leaderRecord)) }
     }
 
-    private func disagreement(_ join: ClusterJoin) -> String? {
+    /// `claims`: whether a node rank held already is a disagreement (not for a node joining again).
+    private func disagreement(_ join: ClusterJoin, claims: Bool = true) -> String? {
         let leader = joins[0]!
         let name = "node \(join.node) (\(join.host))"
         if join.nodeCount != nodeCount {
@@ -147,7 +189,7 @@ public struct ClusterLeader: Sendable {
         if join.node < 0 || join.node >= nodeCount {
             return "\(name) has a node rank outside 0...\(nodeCount - 1)"
         }
-        if let holder = joins[join.node] {
+        if claims, let holder = joins[join.node] {
             return "node rank \(join.node) was claimed twice: by \(holder.host) and by \(join.host)"
         }
         if join.localRanks != leader.localRanks {
@@ -160,8 +202,8 @@ public struct ClusterLeader: Sendable {
             // A follower's copy may lag behind the leader's record (the leader committed, then a
             // follower was lost before it heard): the leader's record is the job's. Anything else
             // names a commit the leader never made.
-            guard let own = leader.commit, commit == own || commit.step < own.step else {
-                let leaderSide = leader.commit.map { "\($0)" } ?? "none"
+            guard let own = leaderCommit, commit == own || commit.step < own.step else {
+                let leaderSide = leaderCommit.map { "\($0)" } ?? "none"
                 return "\(name) last committed \(commit), the leader (\(leader.host)) \(leaderSide): they are not one job's records"
             }
         }
@@ -185,15 +227,97 @@ public struct ClusterLeader: Sendable {
             return [.report(.leftBeforeLaunch(node: node, reason: reason))]
         case .aborted:
             return []
+        case .restarting(let restart, _):
+            // It may come back before the restart's deadline.
+            let wasLiving = living.remove(node) != nil
+            guard ready.remove(node) != nil || wasLiving else { return [] }
+            return [.report(.lostDuringRestart(node: node, restart: restart, reason: reason))]
         case .running:
             guard living.remove(node) != nil else { return [] }
-            return failJob("node \(node) (\(joins[node]?.host ?? "?")) is gone: \(reason)", except: node)
+            return failJob("node \(node) (\(joins[node]?.host ?? "?")) is gone: \(reason)", except: node, now: now)
+        }
+    }
+
+    // MARK: - Restarts
+
+    /// A failure while the job may restart: every living node clears its ranks; nodes that were
+    /// lost must join again, before `rendezvousTimeout`.
+    private mutating func startRestart(_ reason: String, now: Instant) -> [Action] {
+        restarts += 1
+        // A commit asked for still has its answer to come: the relaunch resumes from it if written.
+        if round?.commitAsked != true { round = nil }
+        ready = []
+        relaunchAt = now + policy.backoff(beforeRestart: restarts)
+        phase = .restarting(restart: restarts, deadline: now + policy.rendezvousTimeout)
+        let command = ClusterCommand.restart(restart: restarts, maxRestarts: policy.maxRestarts, reason: reason)
+        return [.report(.restarting(restart: restarts, maxRestarts: policy.maxRestarts, reason: reason))]
+            + living.sorted().map { .send(node: $0, command) }
+    }
+
+    /// A node joining a restarting job: one that was lost comes back.
+    private mutating func rejoined(_ join: ClusterJoin, restart: Int, now: Instant) -> [Action] {
+        var problem = disagreement(join, claims: false)
+        if problem == nil, living.contains(join.node) || ready.contains(join.node) {
+            problem = "node rank \(join.node) is held by \(joins[join.node]?.host ?? "?"), which is still in the job: \(join.host) cannot take it"
+        }
+        if let problem { return [.report(.rejoinRefused(problem)), .refuseJoin(problem)] }
+        joins[join.node] = join
+        ready.insert(join.node)
+        return [.report(.rejoined(node: join.node, host: join.host, restart: restart, waiting: nodeCount - ready.count))] + relaunchIfReady(now: now)
+    }
+
+    private mutating func relaunchIfReady(now: Instant) -> [Action] {
+        guard ready.count == nodeCount, now >= relaunchAt else { return [] }
+        phase = .running
+        living = Set(0..<nodeCount)
+        ready = []
+        round = nil
+        failed = false
+        stopSignals = [:]
+        world.restart = restarts
+        if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
+        return [.report(.relaunching(world))] + (0..<nodeCount).map { .send(node: $0, .launch(world, record: leaderRecord)) }
+    }
+
+    /// The restart cannot complete: the living nodes fail (their ranks are gone or going), and the
+    /// nodes that joined again are refused.
+    private mutating func abandonRestart(_ reason: String) -> [Action] {
+        phase = .running
+        failed = true
+        let rejoined = ready.subtracting(living)
+        ready = []
+        return [.report(.jobFailed(reason))] + living.sorted().map { .send(node: $0, .nodeFailed(reason)) }
+            + rejoined.sorted().map { .send(node: $0, .refused(reason)) }
+    }
+
+    private mutating func receivedWhileRestarting(_ message: ClusterNodeMessage, from node: Int, restart: Int, now: Instant) -> [Action] {
+        guard living.contains(node) else { return [] }
+        switch message {
+        case .cleared(let cleared) where cleared == restart:
+            let report: [Action] = ready.insert(node).inserted ? [.report(.cleared(node: node, restart: restart, waiting: nodeCount - ready.count))] : []
+            return report + relaunchIfReady(now: now)
+        case .trigger(let trigger):
+            // As on one node: a stop during a failed gang's teardown or backoff ends the job.
+            stopTrigger = trigger
+            if trigger.signalNumber != nil { stopSignals[node] = 1 }
+            return abandonRestart("stop requested (\(trigger)) on node \(node) during restart \(restart); not restarting")
+        case .finished(let code):
+            living.remove(node)
+            ready.remove(node)
+            finished.insert(node)
+            return [.report(.nodeFinished(node: node, exitCode: code))]
+                + abandonRestart("node \(node) ended (exit \(code)) during restart \(restart)")
+        case .checkpointRequest(let trigger):
+            return [.report(.checkpointNotStarted(trigger: trigger))]
+        case .join, .position, .confirmed, .roundFailed, .rankFailed, .cleared, .ping:
+            return []
         }
     }
 
     // MARK: - Messages
 
     public mutating func received(_ message: ClusterNodeMessage, from node: Int, now: Instant) -> [Action] {
+        if case .restarting(let restart, _) = phase { return receivedWhileRestarting(message, from: node, restart: restart, now: now) }
         guard phase == .running else { return [] }
         guard living.contains(node) else {
             // The leader's own node finished but its coordinator serves on: its operator may still
@@ -209,7 +333,7 @@ public struct ClusterLeader: Sendable {
         case .trigger(let trigger):
             return receiveTrigger(trigger, from: node, now: now)
         case .checkpointRequest(let trigger):
-            guard round == nil, stopTrigger == nil, !failed else { return [.report(.checkpointNotStarted(trigger: trigger))] }
+            guard round == nil, canCheckpoint else { return [.report(.checkpointNotStarted(trigger: trigger))] }
             return startRound(.checkpoint, trigger: trigger, now: now)
         case .position(let id, let furthest):
             guard var current = round, current.id == id, current.step == nil, current.positions[node] == nil else { return [] }
@@ -225,7 +349,7 @@ public struct ClusterLeader: Sendable {
             round = current
             return failRound("node \(node): \(reason)", except: node, now: now)
         case .rankFailed(let reason):
-            return failJob("node \(node): \(reason)", except: node)
+            return failJob("node \(node): \(reason)", except: node, now: now)
         case .finished(let code):
             living.remove(node)
             finished.insert(node)
@@ -236,10 +360,14 @@ public struct ClusterLeader: Sendable {
             }
             if living.isEmpty { round = nil }
             return actions
-        case .ping:
+        case .cleared, .ping:
             return []
         }
     }
+
+    /// No checkpoint round once a stop was asked for, the job failed, or a node finished (its ranks
+    /// would confirm nothing).
+    private var canCheckpoint: Bool { stopTrigger == nil && !failed && finished.isEmpty }
 
     private mutating func receiveTrigger(_ trigger: Trigger, from node: Int, now: Instant) -> [Action] {
         guard let stop = stopTrigger else {
@@ -273,7 +401,14 @@ public struct ClusterLeader: Sendable {
         if failed { round?.failed = true }
         let command: ClusterCommand = if let stopTrigger { .stop(round: id, stopTrigger) } else { .checkpoint(round: id, trigger: trigger) }
         actions.append(.report(kind == .stop ? .stopping(trigger: trigger, nodes: living.count) : .checkpointing(trigger: trigger, nodes: living.count)))
-        return actions + living.sorted().map { .send(node: $0, command) }
+        actions += living.sorted().map { .send(node: $0, command) }
+        if !finished.isEmpty, round?.failed == false {
+            // Stopping the others still saves their work, but no step can be committed for every rank.
+            round?.failed = true
+            let nodes = finished.sorted().map(String.init).joined(separator: ", ")
+            actions += failRound("node(s) \(nodes) finished before the stop: their ranks confirm nothing", except: nil, now: now)
+        }
+        return actions
     }
 
     /// One step for the whole job: 1 + the furthest position of any rank of any node.
@@ -332,11 +467,22 @@ public struct ClusterLeader: Sendable {
     /// The record of round `id` is durably on disk; `record` is its JSON, for every node's copy.
     public mutating func commitWritten(round id: Int, record: String, now: Instant) -> [Action] {
         guard let current = round, current.id == id, current.commitAsked else { return [] }
+        leaderRecord = record
+        if let step = current.confirmations.values.first?.step { leaderCommit = .init(runID: world.runID, step: step) }
+        // During a restart the relaunch carries the record to every node.
+        if case .restarting = phase {
+            round = nil
+            return []
+        }
         endRound(now: now)
         return living.sorted().map { .send(node: $0, .committed(round: id, record: record)) }
     }
 
     public mutating func commitFailed(round id: Int, reason: String, now: Instant) -> [Action] {
+        if case .restarting = phase, round?.id == id {
+            round = nil
+            return []
+        }
         guard var current = round, current.id == id, current.commitAsked else { return [] }
         current.failed = true
         current.commitAsked = false
@@ -350,6 +496,11 @@ public struct ClusterLeader: Sendable {
         switch phase {
         case .aborted:
             return []
+        case .restarting(let restart, let deadline):
+            if ready.count == nodeCount { return relaunchIfReady(now: now) }
+            guard now >= deadline else { return [] }
+            let missing = (0..<nodeCount).filter { !ready.contains($0) }.map(String.init).joined(separator: ", ")
+            return abandonRestart("node(s) \(missing) were not ready for restart \(restart) within \(format(policy.rendezvousTimeout))s (--rdzv-timeout)")
         case .running where living.isEmpty:
             return []
         case .gathering(let deadline):
@@ -370,7 +521,7 @@ public struct ClusterLeader: Sendable {
                 }
                 return []
             }
-            if let due = nextCheckpointAt, now >= due, stopTrigger == nil, !failed {
+            if let due = nextCheckpointAt, now >= due, canCheckpoint {
                 nextCheckpointAt = nil
                 return startRound(.checkpoint, trigger: "periodic", now: now)
             }
@@ -397,14 +548,17 @@ public struct ClusterLeader: Sendable {
         round = nil
     }
 
-    private mutating func failJob(_ reason: String, except origin: Int) -> [Action] {
+    /// A rank failed on node `origin`, or it was lost: the job restarts if it may, else every living
+    /// node (`origin` too: it waits for this verdict) tears its ranks down.
+    private mutating func failJob(_ reason: String, except origin: Int, now: Instant) -> [Action] {
+        if stopTrigger == nil, !failed, finished.isEmpty, restarts < policy.maxRestarts { return startRestart(reason, now: now) }
         failed = true
         var actions: [Action] = [.report(.jobFailed(reason))]
         if let current = round, !current.failed, !current.commitAsked {
             round?.failed = true
             actions += living.sorted().filter { $0 != origin }.map { .send(node: $0, .roundFailed(round: current.id, reason)) }
         }
-        actions += living.sorted().filter { $0 != origin }.map { .send(node: $0, .nodeFailed(reason)) }
+        actions += living.sorted().map { .send(node: $0, .nodeFailed(reason)) }
         return actions
     }
 }
@@ -425,6 +579,17 @@ public enum ClusterReport: Equatable, Sendable, CustomStringConvertible {
     case roundFailed(round: Int, reason: String)
     case jobFailed(String)
     case nodeFinished(node: Int, exitCode: Int32)
+    case restarting(restart: Int, maxRestarts: Int, reason: String)
+    case cleared(node: Int, restart: Int, waiting: Int)
+    case rejoined(node: Int, host: String, restart: Int, waiting: Int)
+    case rejoinRefused(String)
+    case lostDuringRestart(node: Int, restart: Int, reason: String)
+    case relaunching(ClusterWorld)
+
+    /// Why a join after the launch is refused.
+    static func launchedWithout(_ join: ClusterJoin) -> String {
+        "the job was launched without node \(join.node) (\(join.host)); it cannot join now"
+    }
 
     public var description: String {
         switch self {
@@ -457,6 +622,18 @@ public enum ClusterReport: Equatable, Sendable, CustomStringConvertible {
             return "error: leader: \(reason); stopping every node"
         case .nodeFinished(let node, let code):
             return "leader: node \(node) finished (exit \(code))"
+        case .restarting(let restart, let maxRestarts, let reason):
+            return "error: leader: \(reason); restarting every node from the last commit (restart \(restart) of \(maxRestarts))"
+        case .cleared(let node, let restart, let waiting):
+            return "leader: node \(node) cleared its ranks for restart \(restart); waiting for \(waiting) more"
+        case .rejoined(let node, let host, let restart, let waiting):
+            return "leader: node \(node) (\(host)) joined again for restart \(restart); waiting for \(waiting) more"
+        case .rejoinRefused(let reason):
+            return "warning: leader: a node joining the restart was refused: \(reason)"
+        case .lostDuringRestart(let node, let restart, let reason):
+            return "warning: leader: node \(node) is gone during restart \(restart) (\(reason)); it may join again until --rdzv-timeout"
+        case .relaunching(let world):
+            return "leader: every node is ready: restart \(world.restart) launches \(world.worldSize) rank(s) on \(world.nodeCount) node(s)"
         }
     }
 }

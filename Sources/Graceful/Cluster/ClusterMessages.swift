@@ -11,6 +11,8 @@ public enum ClusterNodeMessage: Equatable, Sendable {
     case confirmed(round: Int, step: Int, paths: [CheckpointPath?])
     case roundFailed(round: Int, String)
     case rankFailed(String)
+    /// Every process of the node's ranks is gone, for the job's restart `restart` (`.restart`).
+    case cleared(restart: Int)
     /// Every rank of the node ended; the node's coordinator exits with `exitCode`.
     case finished(exitCode: Int32)
     case ping
@@ -19,8 +21,11 @@ public enum ClusterNodeMessage: Equatable, Sendable {
 /// What the leader tells a node's coordinator.
 public enum ClusterCommand: Equatable, Sendable {
     /// Every node joined and agrees: launch. `record` is the leader's commit record (JSON), which
-    /// every node resumes from.
+    /// every node resumes from. Also the relaunch of a restart (`world.restart` above 0).
     case launch(ClusterWorld, record: String?)
+    /// The job restarts from its last commit (restart `restart` of `maxRestarts`): tear the ranks
+    /// down, then say `cleared`; the relaunch comes as `.launch` once every node did.
+    case restart(restart: Int, maxRestarts: Int, reason: String)
     /// The job is refused before launch; one line saying why, naming the node at fault.
     case refused(String)
     case stop(round: Int, Trigger)
@@ -62,6 +67,8 @@ enum ClusterCoding {
             fields = [("type", q("round-failed")), ("round", "\(round)"), ("reason", q(reason))]
         case .rankFailed(let reason):
             fields = [("type", q("rank-failed")), ("reason", q(reason))]
+        case .cleared(let restart):
+            fields = [("type", q("cleared")), ("restart", "\(restart)")]
         case .finished(let code):
             fields = [("type", q("finished")), ("code", "\(code)")]
         case .ping:
@@ -75,7 +82,9 @@ enum ClusterCoding {
         switch command {
         case .launch(let world, let record):
             fields = [("type", q("launch")), ("run", q(world.runID)), ("nodes", "\(world.nodeCount)"),
-                      ("ranks", "\(world.localRanks)"), ("record", JSONEncoding.string(record))]
+                      ("ranks", "\(world.localRanks)"), ("restart", "\(world.restart)"), ("record", JSONEncoding.string(record))]
+        case .restart(let restart, let maxRestarts, let reason):
+            fields = [("type", q("restart")), ("restart", "\(restart)"), ("max_restarts", "\(maxRestarts)"), ("reason", q(reason))]
         case .refused(let reason):
             fields = [("type", q("refused")), ("reason", q(reason))]
         case .stop(let round, let trigger):
@@ -137,6 +146,7 @@ enum ClusterCoding {
             return .confirmed(round: try integer(value, "round"), step: try integer(value, "step"), paths: paths)
         case "round-failed": return .roundFailed(round: try integer(value, "round"), try string(value, "reason"))
         case "rank-failed": return .rankFailed(try string(value, "reason"))
+        case "cleared": return .cleared(restart: try integer(value, "restart"))
         case "finished": return .finished(exitCode: Int32(clamping: try integer(value, "code")))
         case "ping": return .ping
         case let other: throw Malformed(description: "unknown message type '\(other)'")
@@ -149,7 +159,9 @@ enum ClusterCoding {
         case "launch":
             let record = value["record"].flatMap { $0.isNull ? nil : $0.stringValue }
             return .launch(ClusterWorld(runID: try string(value, "run"), nodeCount: try integer(value, "nodes"),
-                                        localRanks: try integer(value, "ranks")), record: record)
+                                        localRanks: try integer(value, "ranks"), restart: try integer(value, "restart")), record: record)
+        case "restart":
+            return .restart(restart: try integer(value, "restart"), maxRestarts: try integer(value, "max_restarts"), reason: try string(value, "reason"))
         case "refused": return .refused(try string(value, "reason"))
         case "stop": return .stop(round: try integer(value, "round"), try trigger(value))
         case "checkpoint": return .checkpoint(round: try integer(value, "round"), trigger: try string(value, "trigger"))

@@ -35,12 +35,16 @@ import GracefulProtocol
 /// A member of a multi-node job (`clusterMember`, `CoordinatorClusterPropertyTests`) keeps these,
 /// except that the leader chooses each round's step (`.tellLeader(.position)`, answered by
 /// `.stepChosen`) and writes the commit (`.commit` is answered by `.commitWritten`, or by
-/// `.roundFailedElsewhere` or `.nodeFailed`, after which no commit is waited for); it never restarts;
-/// a rank failure while no stop is pending is told to the leader (`.tellLeader(.rankFailed)`), and so
-/// is the first problem of a round found on this node (`.tellLeader(.roundFailed)`); `.nodeFailed`
-/// tears the ranks down: exit 1 while no stop is pending, else the stop's exit code, in which its
-/// commit counts only when the leader's `.commitWritten` came first; `.escalate` is a counted
-/// signal, whatever the debounce.
+/// `.roundFailedElsewhere` or `.nodeFailed`, after which no commit is waited for); the leader
+/// decides restarts: a rank failure while no stop is pending is told to the leader
+/// (`.tellLeader(.rankFailed)`), the gang is cleared (`.awaitGangExit`), and the leader's verdict is
+/// waited for: `.nodeFailed` ends the run with 1, `.restartJob` is answered by
+/// `.tellLeader(.cleared)` once the gang is gone, and `.relaunch` of that restart then `.launch`es
+/// it. `.restartJob` while training tears the ranks down the same way. The first problem of a round
+/// found on this node is told to the leader (`.tellLeader(.roundFailed)`); `.nodeFailed` tears the
+/// ranks down: exit 1 while no stop is pending, else the stop's exit code, in which its commit
+/// counts only when the leader's `.commitWritten` came first; `.escalate` is a counted signal,
+/// whatever the debounce.
 public struct Coordinator: Sendable {
     public let policy: StopPolicy
     /// A node of a multi-node job: the leader chooses each round's step and commits; this node
@@ -84,14 +88,20 @@ public struct Coordinator: Sendable {
     /// Ranks already warned about a confirmation that does not count, since the latest round began:
     /// one warning each, so a rank flooding its channel with them cannot flood graceful's own output.
     private var warnedConfirmation: Set<Int> = []
+    /// A member of a multi-node job: the restart the leader asked for, while this node clears for it.
+    private var jobRestart: Int?
+    /// A member of a multi-node job: the failed gang is gone (`.gangGone`) and waits for the leader.
+    private var gangCleared = false
 
-    public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil, clusterMember: Bool = false) {
+    /// `restarts`: the restart this launch is (a member of a multi-node job that joined a restart).
+    public init(rankCount: Int, policy: StopPolicy, resumedStep: Int? = nil, clusterMember: Bool = false, restarts: Int = 0) {
         precondition(rankCount > 0, "a run has at least one rank")
         self.policy = policy
         self.isClusterMember = clusterMember
         self.ranks = Array(repeating: RankRecord(), count: rankCount)
         self.livingCount = rankCount
         self.lastCommittedStep = resumedStep
+        self.restarts = restarts
     }
 
     /// Until when processes the ranks left behind (a launcher's workers in a session of their own)
@@ -171,7 +181,10 @@ public struct Coordinator: Sendable {
                 actions.append(.report(.checkpointRefused(trigger: trigger)))
             }
         case .gangGone:
-            if case .restarting(.none) = phase {
+            if case .restarting(.none) = phase, isClusterMember {
+                gangCleared = true
+                if let restart = jobRestart { tellCleared(restart, into: &actions) }
+            } else if case .restarting(.none) = phase {
                 let wait = policy.backoff(beforeRestart: restarts + 1)
                 phase = .restarting(resumeAt: now + wait)
                 actions.append(.report(.restartScheduled(
@@ -197,6 +210,12 @@ public struct Coordinator: Sendable {
             nodeFailed(reason, now: now, into: &actions)
         case .escalate(let trigger):
             receiveTrigger(trigger, forced: true, now: now, into: &actions)
+        case .restartJob(let restart, let maxRestarts, let reason):
+            restartJob(restart, of: maxRestarts, reason, now: now, into: &actions)
+        case .relaunch(let restart):
+            if isClusterMember, case .restarting(.none) = phase, gangCleared, jobRestart == restart {
+                relaunch(as: restart, into: &actions)
+            }
         }
         checkDeadlines(now: now, into: &actions)
         finishIfDone(now: now, into: &actions)
@@ -553,8 +572,54 @@ public struct Coordinator: Sendable {
         }
     }
 
-    /// Another node failed: this node's ranks are torn down and the run fails, without a restart
-    /// (the leader decides those for the whole job).
+    /// The leader restarts the whole job: this node's ranks are torn down (or already are, after a
+    /// failure here), and once they are gone the leader hears so.
+    private mutating func restartJob(
+        _ restart: Int, of maxRestarts: Int, _ reason: String, now: Instant, into actions: inout [CoordinatorAction]
+    ) {
+        guard isClusterMember else { return }
+        switch phase {
+        case .running(let round):
+            if let round { failedElsewhere(round, reason, now: now, into: &actions) }
+            failedElsewhere = reason
+            phase = .failing(nil, stopRequested: false)
+            actions.append(.report(.jobRestarting(reason, restart: restart, maxRestarts: maxRestarts, stopping: livingCount)))
+            terminateLiving(now: now, into: &actions)
+        case .failing(let failure, _):
+            phase = .failing(failure, stopRequested: false)
+            actions.append(.report(.jobRestarting(reason, restart: restart, maxRestarts: maxRestarts, stopping: 0)))
+        case .restarting(.none):
+            actions.append(.report(.jobRestarting(reason, restart: restart, maxRestarts: maxRestarts, stopping: 0)))
+            if gangCleared { tellCleared(restart, into: &actions) }
+        case .stopping, .restarting(.some), .finished:
+            // The leader restarts no job that is stopping: this is not its word.
+            return
+        }
+        jobRestart = restart
+    }
+
+    private func tellCleared(_ restart: Int, into actions: inout [CoordinatorAction]) {
+        actions.append(.report(.clearedForRestart(restart: restart)))
+        actions.append(.tellLeader(.cleared(restart: restart)))
+    }
+
+    /// A new attempt: every rank is spawned again as restart `restart`.
+    private mutating func relaunch(as restart: Int, into actions: inout [CoordinatorAction]) {
+        endAttempt()
+        restarts = restart
+        ranks = Array(repeating: RankRecord(), count: ranks.count)
+        livingCount = ranks.count
+        earliestKillAt = nil
+        phase = .running(checkpoint: nil)
+        nextCheckpointAt = nil
+        jobRestart = nil
+        gangCleared = false
+        failedElsewhere = nil
+        actions.append(.launch(restart: restart))
+    }
+
+    /// Another node failed, or the leader gave up restarting: this node's ranks are torn down and
+    /// the run fails.
     private mutating func nodeFailed(_ reason: String, now: Instant, into actions: inout [CoordinatorAction]) {
         switch phase {
         case .running(let round):
@@ -568,7 +633,21 @@ public struct Coordinator: Sendable {
             failedElsewhere(stop.round, reason, now: now, into: &actions)
             actions.append(.report(.nodeFailed(reason, stopping: livingCount)))
             terminateLiving(now: now, into: &actions)
-        case .failing, .restarting, .finished:
+        case .failing(let failure, let stopRequested):
+            // The leader's verdict on a failure: no restart.
+            guard isClusterMember, !stopRequested else { return }
+            if failure == nil { failedElsewhere = failedElsewhere ?? reason }
+            jobRestart = nil
+            phase = .failing(failure, stopRequested: true)
+            actions.append(.report(.nodeFailed(reason, stopping: 0)))
+        case .restarting(.none) where isClusterMember:
+            // Cleared (or clearing) for a restart that will not come.
+            if firstFailure == nil || jobRestart != nil { failedElsewhere = reason }
+            actions.append(.report(.nodeFailed(reason, stopping: 0)))
+            endAttempt()
+            phase = .finished(exitCode: ExitCode.rankFailed)
+            actions.append(.finish(exitCode: ExitCode.rankFailed))
+        case .restarting, .finished:
             break
         }
     }
@@ -612,7 +691,8 @@ public struct Coordinator: Sendable {
                 let failure = Failure(rank: rank, status: status)
                 firstFailure = failure
                 attemptFailure = failure
-                phase = .failing(failure, stopRequested: isClusterMember)
+                // A member waits for the leader's verdict: a restart of the whole job, or none.
+                phase = .failing(failure, stopRequested: false)
                 actions.append(.report(.rankFailed(rank: rank, status, stopping: livingCount)))
                 if isClusterMember { actions.append(.tellLeader(.rankFailed(rank: rank, status))) }
                 terminateLiving(now: now, into: &actions)
@@ -684,14 +764,7 @@ public struct Coordinator: Sendable {
                 }
             }
         case .restarting(.some(let resumeAt)) where now >= resumeAt:
-            endAttempt()
-            restarts += 1
-            ranks = Array(repeating: RankRecord(), count: ranks.count)
-            livingCount = ranks.count
-            earliestKillAt = nil
-            phase = .running(checkpoint: nil)
-            nextCheckpointAt = nil
-            actions.append(.launch(restart: restarts))
+            relaunch(as: restarts + 1, into: &actions)
         case .failing, .restarting, .finished:
             break
         }
@@ -745,6 +818,12 @@ public struct Coordinator: Sendable {
         case .running:
             code = 0
         case .failing(let failure, let stopRequested):
+            if isClusterMember && !stopRequested {
+                // The gang is cleared while the leader's verdict comes (it answers every failure).
+                phase = .restarting(resumeAt: nil)
+                actions.append(.awaitGangExit)
+                return
+            }
             if let failure, !stopRequested && restarts < policy.maxRestarts {
                 phase = .restarting(resumeAt: nil)
                 actions.append(.report(.clearingBeforeRestart(failure, restart: restarts + 1, maxRestarts: policy.maxRestarts)))

@@ -39,6 +39,12 @@ public enum CoordinatorEvent: Equatable, Sendable {
     /// A member of a multi-node job: a stop signal repeated on some node escalates the stop here as
     /// a counted signal would (no debounce: the leader counted it).
     case escalate(Trigger)
+    /// A member of a multi-node job: the leader restarts the whole job from its last commit, as
+    /// restart `restart` of `maxRestarts`. This node's ranks are torn down; once they are gone it
+    /// says `.cleared`.
+    case restartJob(restart: Int, maxRestarts: Int, String)
+    /// A member of a multi-node job: every node cleared its ranks; relaunch them as restart `restart`.
+    case relaunch(restart: Int)
 }
 
 /// Something the process layer must do, returned by `Coordinator.handle(_:now:)`, in order.
@@ -77,4 +83,6 @@ public enum NodeReport: Equatable, Sendable {
     case roundFailed(round: Int, Problem)
     /// A rank failed while no stop was pending: the whole job must come down.
     case rankFailed(rank: Int, ExitStatus)
+    /// Every process of this node's ranks is gone, for the job's restart `restart`.
+    case cleared(restart: Int)
 }

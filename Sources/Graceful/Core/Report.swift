@@ -58,6 +58,10 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
     case clearingBeforeRestart(Coordinator.Failure, restart: Int, maxRestarts: Int)
     case restartScheduled(restart: Int, maxRestarts: Int, after: Double, from: Int?)
     case givingUp(restarts: Int, maxRestarts: Int)
+    /// A member of a multi-node job: the leader restarts the whole job.
+    case jobRestarting(String, restart: Int, maxRestarts: Int, stopping: Int)
+    /// A member of a multi-node job: its ranks are gone; the leader relaunches once every node's are.
+    case clearedForRestart(restart: Int)
 
     public var description: String {
         switch self {
@@ -140,6 +144,11 @@ public enum Report: Equatable, Sendable, CustomStringConvertible {
             return "restart \(restart) of \(maxRestarts) in \(format(wait))s, from \(from)"
         case .givingUp(let restarts, let maxRestarts):
             return "giving up after \(restarts) restart(s) (--max-restarts \(maxRestarts))"
+        case .jobRestarting(let reason, let restart, let maxRestarts, let stopping):
+            let line = "restart \(restart) of \(maxRestarts) of the whole job (\(reason))"
+            return stopping == 0 ? line : line + "; stopping this node's \(stopping) rank(s) with SIGTERM"
+        case .clearedForRestart(let restart):
+            return "this node's ranks are gone; waiting for every node before restart \(restart)"
         }
     }
 

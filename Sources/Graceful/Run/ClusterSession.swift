@@ -167,14 +167,22 @@ final class ClusterSession {
                 perform(leader!.received(message, from: node, now: now))
             } else if case .join(let join) = message {
                 let actions = leader!.joined(join, now: now)
-                if leader!.joins[join.node] == join, tokenByNode[join.node] == nil {
+                let refusal = actions.lazy.compactMap { action -> String? in
+                    switch action {
+                    case .abort(let reason), .refuseJoin(let reason): return reason
+                    default: return nil
+                    }
+                }.first
+                if let refusal {
+                    connection.send(ClusterCoding.encode(.refused(refusal)), now: now)
+                    connection.drain(milliseconds: 500)
+                    // It was told why; it holds no node rank, so nothing else is lost with it.
+                    connections[token] = nil
+                    loop.unregister(connection.fd)
+                    connection.close()
+                } else if leader!.joins[join.node] == join, tokenByNode[join.node] == nil {
                     connection.node = join.node
                     tokenByNode[join.node] = token
-                } else if case .abort(let reason)? = actions.last {
-                    connection.send(ClusterCoding.encode(.refused(reason)), now: now)
-                    connection.drain(milliseconds: 500)
-                } else if leader!.phase == .running {
-                    connection.send(ClusterCoding.encode(.refused("the job was launched without node \(join.node) (\(join.host)); it cannot join now")), now: now)
                 }
                 perform(actions)
             } else {
@@ -191,7 +199,8 @@ final class ClusterSession {
             }
             switch command {
             case .launch(let world, let record):
-                if outcome == .gathering { outcome = .launched(world, record: record) }
+                // After the launch, a launch is a restart's relaunch.
+                if outcome == .gathering { outcome = .launched(world, record: record) } else { commands.append(command) }
             case .refused(let reason):
                 if outcome == .gathering { outcome = .refused(reason) }
             case .ping:
@@ -265,6 +274,8 @@ final class ClusterSession {
                 }
             case .abort(let reason):
                 outcome = .refused(reason)
+            case .refuseJoin:
+                break
             case .report(let line):
                 report("\(line)")
             }

@@ -130,7 +130,7 @@ public final class Supervisor {
         }
         console.report("run \(runID): launching \(configuration.ranks) rank(s): \(configuration.command.joined(separator: " "))")
         try launchAuxiliary()
-        try launchGang(restart: 0)
+        try launchGang(restart: world?.restart ?? 0)
         supervisionLoop()
         return finish()
     }
@@ -310,6 +310,8 @@ public final class Supervisor {
             if let round = leaderID(ofLocal: local) { session.tell(.roundFailed(round: round, "\(problem)"), now: clock()) }
         case .rankFailed(let rank, let status):
             session.tell(.rankFailed("rank \(globalRank(rank)) failed (\(status))"), now: clock())
+        case .cleared(let restart):
+            session.tell(.cleared(restart: restart), now: clock())
         }
     }
 
@@ -341,7 +343,14 @@ public final class Supervisor {
                 }
             case .nodeFailed(let reason):
                 apply(coordinator.handle(.nodeFailed(reason), now: clock()))
-            case .launch, .refused, .ping:
+            case .restart(let restart, let maxRestarts, let reason):
+                apply(coordinator.handle(.restartJob(restart: restart, maxRestarts: maxRestarts, reason), now: clock()))
+            case .launch(let world, let record):
+                // A restart's relaunch, from the job's last commit.
+                if let record { keepCopy(of: record) }
+                leaderRound = nil
+                apply(coordinator.handle(.relaunch(restart: world.restart), now: clock()))
+            case .refused, .ping:
                 break
             }
         }
@@ -397,7 +406,8 @@ public final class Supervisor {
         if options.nodeRank == 0 { runID = configuration.runID ?? Self.newRunID() }
         let policy = ClusterLeader.Policy(
             grace: configuration.policy.grace, alignTimeout: configuration.policy.alignTimeout,
-            checkpointEvery: configuration.policy.checkpointEvery, rendezvousTimeout: options.rendezvousTimeout)
+            checkpointEvery: configuration.policy.checkpointEvery, rendezvousTimeout: options.rendezvousTimeout,
+            maxRestarts: configuration.policy.maxRestarts, restartBackoff: configuration.policy.restartBackoff)
         let session: ClusterSession
         do {
             session = try ClusterSession(
@@ -434,6 +444,11 @@ public final class Supervisor {
         case .launched(let launched, let text):
             world = launched
             runID = launched.runID
+            if launched.restart > 0 {
+                // This node joined the job's restart: its attempts are numbered as the job's.
+                coordinator = Coordinator(
+                    rankCount: configuration.ranks, policy: coordinator.policy, clusterMember: true, restarts: launched.restart)
+            }
             if let text {
                 guard let record = try? CommitRecord(contents: Array(text.utf8)), record.worldSize == launched.worldSize else {
                     throw .rendezvous("the leader's record does not fit a job of \(launched.worldSize) rank(s)")

@@ -207,7 +207,9 @@ import Testing
         #expect(configuration.runDirectory == "logs/t/node1")
     }
 
-    @Test func severalNodesCannotRestartYet() {
-        #expect(throws: CommandLineInterface.UsageError.self) { try run(["--nnodes", "2", "--max-restarts", "1", "t.py"]) }
+    /// The leader restarts the whole job: every node takes its own --max-restarts as the job's.
+    @Test func severalNodesRestartTogether() throws {
+        let configuration = try run(["--nnodes", "2", "--node-rank", "1", "--max-restarts", "2", "t.py"])
+        #expect(configuration.policy.maxRestarts == 2 && configuration.cluster?.nodeCount == 2)
     }
 }

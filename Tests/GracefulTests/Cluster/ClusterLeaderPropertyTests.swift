@@ -75,7 +75,7 @@ struct LeaderWalk {
     }
 
     // The model.
-    enum Stage { case gathering, running, aborted }
+    enum Stage: Equatable { case gathering, running, restarting, aborted }
     var stage = Stage.gathering
     let rendezvousDeadline: Instant
     var joins: [Int: ClusterJoin]
@@ -94,13 +94,22 @@ struct LeaderWalk {
     /// The round whose commit the leader asked for and nobody answered yet.
     var pendingCommit: Int?
     var launches = 0
+    /// Restarts started; during one, its deadline, its earliest relaunch and the nodes ready for it.
+    var restarts = 0
+    var restartDeadline = Instant.seconds(0)
+    var relaunchAt = Instant.seconds(0)
+    var ready: Set<Int> = []
+    /// The job's last commit: what a node joining again must not be ahead of, and what a relaunch resumes.
+    var leaderCommit: ClusterJoin.Commit?
+    var currentRecord: String?
     /// The milestones this walk reached.
     var seen: Set<String> = []
     static let milestones = [
         "launch", "launch of one node", "refused: disagreement", "refused: timeout", "left before launch", "stop", "checkpoint",
         "periodic", "superseded", "step", "step at the alignment deadline", "commit", "committed", "commit failed",
         "round failed by a node", "grace expired", "ended before confirming", "escalation", "first signal again",
-        "node failed", "every node ended",
+        "node failed", "every node ended", "restart", "cleared", "rejoin", "rejoin refused", "relaunch", "lost during restart",
+        "restart abandoned: stop", "restart abandoned: timeout", "restart abandoned: node ended", "stop after a node finished",
     ]
 
     enum Kind { case stop, checkpoint }
@@ -126,6 +135,8 @@ struct LeaderWalk {
         var abortNaming: [String]?
         /// Who caused a job failure: every `nodeFailed` line names it.
         var failedNode: Int?
+        /// The join just received is refused on its connection.
+        var refuseJoin = false
 
         mutating func toEach(_ nodes: some Sequence<Int>, _ command: ClusterCommand) {
             for node in nodes.sorted() { commands[node, default: []].append(command) }
@@ -134,6 +145,8 @@ struct LeaderWalk {
 
     var ended: Bool { stage == .aborted || stage == .running && living.isEmpty }
 
+    var world: ClusterWorld { ClusterWorld(runID: "run-b", nodeCount: nodeCount, localRanks: localRanks, restart: restarts) }
+
     init(seed: UInt64) {
         random = SeededGenerator(seed: seed)
         nodeCount = Int.random(in: 1...4, using: &random)
@@ -141,12 +154,15 @@ struct LeaderWalk {
         policy = ClusterLeader.Policy(
             grace: random.pick([1, 2, 5]), alignTimeout: random.pick([0.2, 0.5, 1]),
             checkpointEvery: random.chance(0.4) ? random.pick([0.5, 2, 4]) : nil,
-            rendezvousTimeout: random.pick([2, 5, 20]))
+            rendezvousTimeout: random.pick([2, 5, 20]),
+            maxRestarts: random.chance(0.5) ? 0 : Int.random(in: 1...3, using: &random), restartBackoff: random.pick([0, 0.1, 1]))
         let commit: ClusterJoin.Commit? = random.chance(0.5) ? .init(runID: "run-a", step: random.pick([0, 50, 100])) : nil
         leaderJoin = ClusterJoin(node: 0, nodeCount: nodeCount, localRanks: localRanks, command: command, commit: commit, host: "n0")
         record = commit.map { "{\"step\":\($0.step)}" }
         leader = ClusterLeader(leader: leaderJoin, runID: "run-b", record: record, policy: policy, now: now)
         joins = [0: leaderJoin]
+        leaderCommit = commit
+        currentRecord = record
         // A job of one node has nobody to wait for: it launches at once.
         rendezvousDeadline = nodeCount == 1 ? now : now + policy.rendezvousTimeout
         header = "\(nodeCount) node(s) of \(localRanks) rank(s), \(policy), leader's commit \(commit.map { "\($0)" } ?? "none")"
@@ -195,6 +211,45 @@ struct LeaderWalk {
             try send(random.chance(0.5) ? .tick : .join(consistentJoin(max(0, nodeCount - 1))))
         case .running:
             try runningStep()
+        case .restarting:
+            try restartingStep()
+        }
+    }
+
+    /// During a restart: nodes clear, lost ones join again (or impostors try), and anything else.
+    mutating func restartingStep() throws(Violation) {
+        let anyNode = Int.random(in: 0..<nodeCount, using: &random)
+        let node = living.randomElement(using: &random) ?? anyNode
+        let absent = (0..<nodeCount).filter { !living.contains($0) && !ready.contains($0) }
+        switch Int.random(in: 0..<100, using: &random) {
+        case 0..<30:
+            try send(.message(.cleared(restart: random.chance(0.9) ? restarts : restarts + random.pick([-1, 1])), from: node))
+        case 30..<45:
+            guard let missing = absent.randomElement(using: &random) else { return try send(.tick) }
+            try send(.join(random.chance(0.15) ? inconsistentJoin(missing) : consistentJoin(missing)))
+        case 45..<50:
+            try send(.join(consistentJoin(anyNode)))
+        case 50..<55:
+            try send(.lost(node: anyNode))
+        case 55..<60:
+            try send(.message(.trigger(randomTrigger()), from: node))
+        case 60..<63:
+            try send(.message(.finished(exitCode: random.pick([0, 1, 137])), from: node))
+        case 63..<75:
+            now = now + random.pick([0.05, 0.3, 1, policy.rendezvousTimeout / 2])
+            try send(.tick)
+        case 75..<80:
+            if let deadline = leader.nextDeadline, deadline > now { now = deadline }
+            try send(.tick)
+        case 80..<88:
+            if let pending = pendingCommit {
+                try send(random.chance(0.85) ? .commitWritten(round: pending) : .commitFailed(round: pending))
+            } else {
+                try send(.message(.checkpointRequest("SIGUSR2"), from: node))
+            }
+        default:
+            try send(.message(random.pick([.ping, .rankFailed("rank 0 failed"), .position(round: lastRoundID, furthest: 3),
+                                           .roundFailed(round: lastRoundID, "late")]), from: node))
         }
     }
 
@@ -270,6 +325,16 @@ struct LeaderWalk {
             try send(.tick)
         case .aborted:
             break
+        case .restarting:
+            let absent = (0..<nodeCount).filter { !living.contains($0) && !ready.contains($0) }
+            if let node = living.subtracting(ready).randomElement(using: &random), random.chance(0.7) {
+                try send(.message(.cleared(restart: restarts), from: node))
+            } else if let node = absent.randomElement(using: &random), random.chance(0.7) {
+                try send(.join(consistentJoin(node)))
+            } else {
+                now = max(now, leader.nextDeadline ?? now)
+                try send(.tick)
+            }
         case .running:
             if let pending = pendingCommit {
                 try send(random.chance(0.8) ? .commitWritten(round: pending) : .commitFailed(round: pending))
@@ -292,7 +357,7 @@ struct LeaderWalk {
 
     mutating func consistentJoin(_ node: Int) -> ClusterJoin {
         var commit: ClusterJoin.Commit?
-        if let own = leaderJoin.commit, random.chance(0.6) {
+        if let own = leaderCommit, random.chance(0.6) {
             commit = random.chance(0.5) ? own : .init(runID: random.pick(["run-a", "run-old"]), step: own.step - Int.random(in: 1...10, using: &random))
         }
         return ClusterJoin(node: node, nodeCount: nodeCount, localRanks: localRanks, command: command, commit: commit, host: "n\(node)")
@@ -311,7 +376,7 @@ struct LeaderWalk {
         case 3: join.localRanks = localRanks + 1
         case 4: join.command = command + ["--other"]
         default:
-            if let own = leaderJoin.commit {
+            if let own = leaderCommit {
                 join.commit = random.chance(0.5) ? .init(runID: own.runID, step: own.step + 1) : .init(runID: "run-z", step: own.step)
             } else {
                 join.commit = .init(runID: "run-a", step: 3)
@@ -324,11 +389,11 @@ struct LeaderWalk {
 
     /// The rendezvous' rule: the same node count, rank count and command, an unclaimed rank of the
     /// job, and a commit that is the leader's or older.
-    func disagrees(_ join: ClusterJoin) -> Bool {
-        if join.nodeCount != nodeCount || !(0..<nodeCount).contains(join.node) || joins[join.node] != nil { return true }
+    func disagrees(_ join: ClusterJoin, claims: Bool = true) -> Bool {
+        if join.nodeCount != nodeCount || !(0..<nodeCount).contains(join.node) || claims && joins[join.node] != nil { return true }
         if join.localRanks != localRanks || join.command != command { return true }
         guard let commit = join.commit else { return false }
-        guard let own = leaderJoin.commit else { return true }
+        guard let own = leaderCommit else { return true }
         return !(commit == own || commit.step < own.step)
     }
 
@@ -364,6 +429,10 @@ struct LeaderWalk {
             }
         case (.running, .lost(let node)):
             if living.remove(node) != nil { failJob(origin: node, &expected) }
+        case (.running, .join):
+            expected.refuseJoin = true
+        case (.restarting, _):
+            restartingExpectation(input, &expected)
         case (.running, .message(let message, let node)):
             // The leader's own node, finished, may still ask for the others' stop.
             let leadersOperator = if case .trigger = message { node == 0 && finished.contains(0) && !living.isEmpty } else { false }
@@ -373,6 +442,7 @@ struct LeaderWalk {
             if pendingCommit == id { pendingCommit = nil }
             guard let current = round, current.id == id, current.commitAsked else { break }
             seen.insert("committed")
+            recordCommit(current)
             expected.toEach(living, .committed(round: id, record: "record \(id)"))
             pendingCommit = nil
             endRound()
@@ -396,15 +466,109 @@ struct LeaderWalk {
                     seen.insert("grace expired")
                     failRound(origin: nil, &expected)
                 }
-            } else if stopTrigger == nil, !jobFailed, let due = periodicDue, now >= due {
+            } else if canCheckpoint, let due = periodicDue, now >= due {
                 seen.insert("periodic")
                 periodicDue = nil
                 startRound(.checkpoint, trigger: "periodic", &expected)
             }
-        case (.gathering, _), (.running, .join), (.aborted, _):
+        case (.gathering, _), (.aborted, _):
             break
         }
         return expected
+    }
+
+    var canCheckpoint: Bool { stopTrigger == nil && !jobFailed && finished.isEmpty }
+
+    mutating func recordCommit(_ round: Round) {
+        currentRecord = "record \(round.id)"
+        if let step = round.confirmations.values.first?.step { leaderCommit = .init(runID: "run-b", step: step) }
+    }
+
+    /// What the leader must do during a restart.
+    mutating func restartingExpectation(_ input: LeaderInput, _ expected: inout Expected) {
+        switch input {
+        case .join(let join):
+            if disagrees(join, claims: false) || living.contains(join.node) || ready.contains(join.node) {
+                seen.insert("rejoin refused")
+                expected.refuseJoin = true
+                return
+            }
+            seen.insert("rejoin")
+            joins[join.node] = join
+            ready.insert(join.node)
+            relaunchIfReady(&expected)
+        case .lost(let node):
+            let wasLiving = living.remove(node) != nil
+            if ready.remove(node) != nil || wasLiving { seen.insert("lost during restart") }
+        case .message(let message, let node):
+            guard living.contains(node) else { return }
+            switch message {
+            case .cleared(let restart) where restart == restarts:
+                if ready.insert(node).inserted { seen.insert("cleared") }
+                relaunchIfReady(&expected)
+            case .trigger(let trigger):
+                stopTrigger = trigger
+                if trigger.signalNumber != nil { stopSignals[node] = 1 }
+                seen.insert("restart abandoned: stop")
+                abandonRestart(&expected)
+            case .finished:
+                living.remove(node)
+                ready.remove(node)
+                finished.insert(node)
+                seen.insert("restart abandoned: node ended")
+                abandonRestart(&expected)
+            default:
+                break
+            }
+        case .commitWritten(let id):
+            if pendingCommit == id { pendingCommit = nil }
+            guard let current = round, current.id == id, current.commitAsked else { return }
+            recordCommit(current)
+            round = nil
+        case .commitFailed(let id):
+            if pendingCommit == id { pendingCommit = nil }
+            if round?.id == id { round = nil }
+        case .tick:
+            if ready.count == nodeCount {
+                relaunchIfReady(&expected)
+            } else if now >= restartDeadline {
+                seen.insert("restart abandoned: timeout")
+                abandonRestart(&expected)
+            }
+        }
+    }
+
+    mutating func startRestart(_ expected: inout Expected) {
+        seen.insert("restart")
+        restarts += 1
+        if round?.commitAsked != true { round = nil }
+        ready = []
+        relaunchAt = now + StopPolicy(restartBackoff: policy.restartBackoff).backoff(beforeRestart: restarts)
+        restartDeadline = now + policy.rendezvousTimeout
+        stage = .restarting
+        expected.toEach(living, .restart(restart: restarts, maxRestarts: policy.maxRestarts, reason: ""))
+    }
+
+    mutating func relaunchIfReady(_ expected: inout Expected) {
+        guard ready.count == nodeCount, now >= relaunchAt else { return }
+        seen.insert("relaunch")
+        stage = .running
+        living = Set(0..<nodeCount)
+        ready = []
+        round = nil
+        jobFailed = false
+        stopSignals = [:]
+        periodicDue = policy.checkpointEvery.map { now + $0 }
+        expected.toEach(0..<nodeCount, .launch(world, record: currentRecord))
+    }
+
+    mutating func abandonRestart(_ expected: inout Expected) {
+        let rejoined = ready.subtracting(living)
+        stage = .running
+        jobFailed = true
+        ready = []
+        expected.toEach(living, .nodeFailed(""))
+        expected.toEach(rejoined, .refused(""))
     }
 
     mutating func launch(_ expected: inout Expected) {
@@ -412,12 +576,12 @@ struct LeaderWalk {
         stage = .running
         living = Set(0..<nodeCount)
         periodicDue = policy.checkpointEvery.map { now + $0 }
-        expected.toEach(0..<nodeCount, .launch(ClusterWorld(runID: "run-b", nodeCount: nodeCount, localRanks: localRanks), record: record))
+        expected.toEach(0..<nodeCount, .launch(world, record: record))
     }
 
     mutating func receive(_ message: ClusterNodeMessage, from node: Int, _ expected: inout Expected) {
         switch message {
-        case .join, .ping:
+        case .join, .ping, .cleared:
             break
         case .trigger(let trigger):
             guard let first = stopTrigger else {
@@ -438,7 +602,7 @@ struct LeaderWalk {
                 seen.insert("first signal again")
             }
         case .checkpointRequest(let trigger):
-            if round == nil, stopTrigger == nil, !jobFailed { startRound(.checkpoint, trigger: trigger, &expected) }
+            if round == nil, canCheckpoint { startRound(.checkpoint, trigger: trigger, &expected) }
         case .position(let id, let furthest):
             guard var current = round, current.id == id, !current.decided, current.positions[node] == nil else { return }
             current.positions[node] = .some(furthest)
@@ -493,6 +657,12 @@ struct LeaderWalk {
         round = Round(id: lastRoundID, kind: kind, trigger: trigger, startedAt: now)
         if jobFailed { round?.failed = true }
         expected.toEach(living, stop.map { .stop(round: lastRoundID, $0) } ?? .checkpoint(round: lastRoundID, trigger: trigger))
+        // A node that finished confirms nothing: the stop fails at once.
+        if !finished.isEmpty, round?.failed == false {
+            seen.insert("stop after a node finished")
+            round?.failed = true
+            failRound(origin: nil, &expected)
+        }
     }
 
     /// One step for the whole job, 1 + the furthest position any node reported; none can follow the
@@ -522,7 +692,10 @@ struct LeaderWalk {
         if current.kind == .checkpoint { endRound() }
     }
 
+    /// A lost node or a failed rank: a restart when one is left and nothing forbids it, else every
+    /// living node (the failed rank's own too, which waits for this verdict) fails.
     mutating func failJob(origin: Int, _ expected: inout Expected) {
+        if stopTrigger == nil, !jobFailed, finished.isEmpty, restarts < policy.maxRestarts { return startRestart(&expected) }
         seen.insert("node failed")
         jobFailed = true
         expected.failedNode = origin
@@ -530,7 +703,7 @@ struct LeaderWalk {
             round?.failed = true
             expected.toEach(living.filter { $0 != origin }, .roundFailed(round: current.id, ""))
         }
-        expected.toEach(living.filter { $0 != origin }, .nodeFailed(""))
+        expected.toEach(living, .nodeFailed(""))
     }
 
     mutating func endRound() {
@@ -542,7 +715,8 @@ struct LeaderWalk {
 
     mutating func send(_ input: LeaderInput) throws(Violation) {
         log.append((now, input, []))
-        let before = (stage: stage, living: living, round: round, stopTrigger: stopTrigger, jobFailed: jobFailed)
+        let before = Before(stage: stage, living: living, round: round, stopTrigger: stopTrigger, jobFailed: jobFailed, ready: ready,
+                            finished: finished)
         let expected = expectation(input)
         let actions: [ClusterLeader.Action]
         switch input {
@@ -560,13 +734,22 @@ struct LeaderWalk {
         try checkState()
     }
 
+    /// The model's state before an input.
+    struct Before {
+        let stage: Stage
+        let living: Set<Int>
+        let round: Round?
+        let stopTrigger: Trigger?
+        let jobFailed: Bool
+        let ready: Set<Int>
+        let finished: Set<Int>
+    }
+
     /// The guarantees of `ClusterLeader`'s doc comment, one by one, from what was fed and said.
-    mutating func checkGuarantees(
-        _ input: LeaderInput, _ actions: [ClusterLeader.Action],
-        before: (stage: Stage, living: Set<Int>, round: Round?, stopTrigger: Trigger?, jobFailed: Bool)
-    ) throws(Violation) {
+    mutating func checkGuarantees(_ input: LeaderInput, _ actions: [ClusterLeader.Action], before: Before) throws(Violation) {
         var launched: [Int] = []
         var refused: [Int] = []
+        var restarted: [Int] = []
         var aborts: [String] = []
         var started: [Int: [Int]] = [:]
         var steps: [Int: Int?] = [:]
@@ -580,8 +763,14 @@ struct LeaderWalk {
                 refused.append(node)
             case .abort(let line):
                 aborts.append(line)
+            case .refuseJoin:
+                guard case .join = input else { throw Violation(message: "a join refused on \(input)") }
+                try expect(before.stage != .gathering, "a join refused on its own connection during the rendezvous")
+            case .send(let node, .restart(let restart, _, _)):
+                restarted.append(node)
+                try expect(restart == restarts && restarts <= policy.maxRestarts, "restart \(restart) of at most \(policy.maxRestarts)")
             case .send(let node, let command):
-                try expect(before.stage == .running, "\(command) to node \(node) before the launch")
+                try expect(before.stage == .running || before.stage == .restarting, "\(command) to node \(node) before the launch")
                 try expect(living.contains(node), "\(command) to node \(node), which is not running")
                 switch command {
                 case .stop(let id, _), .checkpoint(let id, _): started[id, default: []].append(node)
@@ -605,16 +794,42 @@ struct LeaderWalk {
                 break
             }
         }
-        // `.launch` to every node at once, only once every node joined and agreed.
+        // `.launch` to every node at once, only once every node joined and agreed; a relaunch only
+        // once every node is ready for the restart (cleared, or joined again), after its backoff.
         if !launched.isEmpty {
             launches += 1
-            try expect(launches == 1, "a second launch")
             try expect(launched == Array(0..<nodeCount), "launch to \(launched), not every node")
-            try expect(joins.count == nodeCount && joins.values.allSatisfy { !disagreesIgnoringClaim($0) },
-                       "a launch before every node joined and agreed")
+            if before.stage == .restarting {
+                var ready = before.ready
+                switch input {
+                case .message(.cleared, let node): ready.insert(node)
+                case .join(let join): ready.insert(join.node)
+                default: break
+                }
+                try expect(ready == Set(0..<nodeCount), "a relaunch while only nodes \(ready.sorted()) are ready")
+                try expect(now >= relaunchAt, "a relaunch before the restart's backoff")
+                try expect(before.stopTrigger == nil, "a relaunch after a stop trigger")
+            } else {
+                try expect(launches == 1, "a second launch outside a restart")
+                try expect(joins.count == nodeCount && joins.values.allSatisfy { !disagreesIgnoringClaim($0) },
+                           "a launch before every node joined and agreed")
+            }
         }
-        // Any disagreement refuses every joined node, before any launch, naming the node at fault.
-        if !aborts.isEmpty || !refused.isEmpty {
+        // A restart: only on a failure while nothing forbids it, to every living node.
+        if !restarted.isEmpty {
+            switch input {
+            case .lost, .message(.rankFailed, _): break
+            default: throw Violation(message: "a restart on \(input)")
+            }
+            try expect(before.stage == .running && before.stopTrigger == nil && !before.jobFailed && before.finished.isEmpty,
+                       "a restart after a stop trigger, a failure or a node's end")
+            try expect(Set(restarted) == living && restarted.count == living.count, "the restart reached \(restarted), not every living node \(living.sorted())")
+        }
+        // An abandoned restart refuses the nodes that joined again.
+        if aborts.isEmpty, before.stage == .restarting, !refused.isEmpty {
+            try expect(Set(refused) == before.ready.subtracting(before.living), "refused \(refused), not the nodes that joined again")
+        } else if !aborts.isEmpty || !refused.isEmpty {
+            // Any disagreement refuses every joined node, before any launch, naming the node at fault.
             try expect(launches == 0, "refused after the launch")
             try expect(aborts.count == 1, "\(aborts.count) aborts")
             try expect(Set(refused) == Set(joins.keys.filter { $0 != 0 }) && refused.count == joins.count - 1,
@@ -644,14 +859,14 @@ struct LeaderWalk {
                        "node \(node)'s first \(trigger) escalated a stop by \(first)")
             try expect(Set(escalated) == living, "the escalation reached \(escalated), not every living node")
         }
-        // A lost node, or a node whose rank failed, makes every other living node get `nodeFailed`.
+        // A lost node, a node whose rank failed, or a restart that cannot complete, makes every
+        // living node get `nodeFailed`.
         if !nodeFailed.isEmpty {
-            let origin: Int
             switch input {
-            case .lost(let node), .message(.rankFailed, let node): origin = node
-            default: throw Violation(message: "nodeFailed on \(input)")
+            case .lost, .message(.rankFailed, _): break
+            default: try expect(before.stage == .restarting, "nodeFailed on \(input)")
             }
-            try expect(Set(nodeFailed) == living.subtracting([origin]), "nodeFailed reached \(nodeFailed), not every other living node")
+            try expect(Set(nodeFailed) == living && nodeFailed.count == living.count, "nodeFailed reached \(nodeFailed), not every living node")
         }
     }
 
@@ -669,12 +884,15 @@ struct LeaderWalk {
         var commits: [ClusterLeader.Action] = []
         var aborts: [String] = []
         var refusals: [String] = []
+        var refusedJoin = false
         for action in actions {
             switch action {
+            case .refuseJoin: refusedJoin = true
             case .send(let node, let command):
                 var shape = command
                 switch command {
                 case .roundFailed(let id, _): shape = .roundFailed(round: id, "")
+                case .restart(let restart, let maxRestarts, _): shape = .restart(restart: restart, maxRestarts: maxRestarts, reason: "")
                 case .nodeFailed(let reason):
                     shape = .nodeFailed("")
                     if let origin = expected.failedNode {
@@ -700,7 +918,8 @@ struct LeaderWalk {
         } else {
             try expect(aborts.isEmpty, "an unexpected abort \(aborts)")
         }
-        try expect(refusals.allSatisfy { aborts.contains($0) }, "a refusal \(refusals) that is not the abort's line \(aborts)")
+        try expect(refusedJoin == expected.refuseJoin, "join refused: \(refusedJoin), expected \(expected.refuseJoin)")
+        if !aborts.isEmpty { try expect(refusals.allSatisfy { aborts.contains($0) }, "a refusal \(refusals) that is not the abort's line \(aborts)") }
     }
 
     func checkState() throws(Violation) {
@@ -710,7 +929,13 @@ struct LeaderWalk {
             try expect(leader.nextDeadline == rendezvousDeadline, "the rendezvous has no deadline")
         case .aborted:
             try expect(leader.phase == .aborted, "phase \(leader.phase), expected aborted")
+        case .restarting:
+            try expect(leader.phase == .restarting(restart: restarts, deadline: restartDeadline), "phase \(leader.phase), expected restart \(restarts)")
+            try expect(leader.living == living && leader.ready == ready, "living \(leader.living.sorted()), ready \(leader.ready.sorted())")
+            let due = ready.count == nodeCount ? relaunchAt : restartDeadline
+            try expect(leader.nextDeadline == due, "the restart's deadline is \(String(describing: leader.nextDeadline)), expected \(due)")
         case .running:
+            try expect(leader.restarts == restarts, "restarts \(leader.restarts), expected \(restarts)")
             try expect(leader.phase == .running, "phase \(leader.phase), expected running")
             try expect(leader.living == living, "living \(leader.living.sorted()), expected \(living.sorted())")
             try expect(leader.failed == jobFailed, "failed: \(leader.failed)")
@@ -724,7 +949,7 @@ struct LeaderWalk {
                 } else if !current.failed && !current.commitAsked {
                     try expect(leader.nextDeadline == graceDeadline(current), "round \(current.id) waits for confirmations without its deadline (\(String(describing: leader.nextDeadline)))")
                 }
-            } else if stopTrigger == nil, !jobFailed, policy.checkpointEvery != nil {
+            } else if canCheckpoint, policy.checkpointEvery != nil {
                 try expect(leader.nextDeadline == periodicDue && periodicDue != nil,
                            "the next periodic checkpoint is due at \(String(describing: leader.nextDeadline)), expected \(String(describing: periodicDue))")
             }

@@ -77,7 +77,8 @@ import Testing
         #expect(leader.phase == .running)
         #expect(leader.living == [0, 1, 2])
         #expect(leader.nextDeadline == nil)
-        #expect(leader.joined(join(1, host: "late"), now: t0 + 60) == [.report(.lateJoin(node: 1, host: "late"))])
+        #expect(leader.joined(join(1, host: "late"), now: t0 + 60)
+            == [.report(.lateJoin(node: 1, host: "late")), .refuseJoin("the job was launched without node 1 (late); it cannot join now")])
         #expect(leader.tick(now: t0 + 1000).isEmpty)
         #expect("\(ClusterReport.launching(world))" == "leader: every node joined: launching 6 rank(s) on 3 node(s)")
     }
@@ -302,21 +303,24 @@ import Testing
         #expect(other.received(.roundFailed(round: 7, "old"), from: 1, now: t0).isEmpty)
     }
 
-    @Test func aRankFailureFailsTheJobOnEveryOtherNode() {
+    /// Every living node hears it, the failed rank's own too: without a restart, it waits for this verdict.
+    @Test func aRankFailureFailsTheJobOnEveryNode() {
         var leader = stopWithStep()
         _ = leader.received(.confirmed(round: 1, step: 42, paths: paths(0)), from: 0, now: t0)
         let failed = leader.received(.rankFailed("rank 5 failed (exited(1))"), from: 2, now: t0)
         let reason = "node 2: rank 5 failed (exited(1))"
         #expect(reports(failed) == [.jobFailed(reason)])
-        #expect(sends(failed) == [0: [.roundFailed(round: 1, reason), .nodeFailed(reason)], 1: [.roundFailed(round: 1, reason), .nodeFailed(reason)]])
+        #expect(sends(failed) == [
+            0: [.roundFailed(round: 1, reason), .nodeFailed(reason)], 1: [.roundFailed(round: 1, reason), .nodeFailed(reason)], 2: [.nodeFailed(reason)],
+        ])
         #expect(leader.failed)
         _ = leader.received(.confirmed(round: 1, step: 42, paths: paths(1)), from: 1, now: t0)
         #expect(commits(leader.received(.confirmed(round: 1, step: 42, paths: paths(2)), from: 2, now: t0)).isEmpty)
         #expect("\(ClusterReport.jobFailed(reason))" == "error: leader: node 2: rank 5 failed (exited(1)); stopping every node")
 
-        // Without a round: every other node is told, and no round starts any more.
+        // Without a round: every node is told, and no round starts any more.
         var idle = launched()
-        #expect(sends(idle.received(.rankFailed("rank 0 failed"), from: 0, now: t0)) == toEach([1, 2], .nodeFailed("node 0: rank 0 failed")))
+        #expect(sends(idle.received(.rankFailed("rank 0 failed"), from: 0, now: t0)) == toEach([0, 1, 2], .nodeFailed("node 0: rank 0 failed")))
         #expect(reports(idle.received(.checkpointRequest("SIGUSR2"), from: 1, now: t0)) == [.checkpointNotStarted(trigger: "SIGUSR2")])
     }
 
@@ -542,12 +546,14 @@ import Testing
         .confirmed(round: 2, step: 7, paths: ["/ckpt/step-7", nil, CheckpointPath(bytes: [0x2F, 0xFF, 0x80, 0x41])!, "ünï/ç"]),
         .confirmed(round: 2, step: 0, paths: []),
         .roundFailed(round: 3, "rank 2 \"ended\"\tbefore\nconfirming"), .rankFailed("rank 5 failed (signaled(9))"),
-        .finished(exitCode: 0), .finished(exitCode: 143), .ping,
+        .finished(exitCode: 0), .finished(exitCode: 143), .cleared(restart: 2), .ping,
     ]
 
     static let commands: [ClusterCommand] = [
         .launch(ClusterWorld(runID: "run-a", nodeCount: 2, localRanks: 4), record: "{\"step\": 5, \"paths\": [\"a\\\"b\"]}\n"),
         .launch(ClusterWorld(runID: "", nodeCount: 65536, localRanks: 1), record: nil),
+        .launch(ClusterWorld(runID: "run-a", nodeCount: 2, localRanks: 4, restart: 3), record: nil),
+        .restart(restart: 1, maxRestarts: 2, reason: "node 1 (h1) is gone: reset"),
         .refused("node rank 1 was claimed twice: by a and by b"),
         .stop(round: 1, .signal(SignalNumber.interrupt)), .stop(round: 9, .controlFile), .stop(round: 2, .quit(SignalNumber.quit)),
         .checkpoint(round: 4, trigger: "periodic"), .escalate(.signal(SignalNumber.hangup)), .escalate(.quit(SignalNumber.abort)),
@@ -606,5 +612,93 @@ import Testing
             == "{\"type\":\"stop\",\"round\":1,\"trigger\":\"quit\",\"signal\":3}")
         #expect(String(decoding: ClusterCoding.encode(.trigger(.controlFile)), as: UTF8.self)
             == "{\"type\":\"trigger\",\"trigger\":\"control-file\"}")
+        #expect(String(decoding: ClusterCoding.encode(.restart(restart: 1, maxRestarts: 2, reason: "r")), as: UTF8.self)
+            == "{\"type\":\"restart\",\"restart\":1,\"max_restarts\":2,\"reason\":\"r\"}")
+        #expect(String(decoding: ClusterCoding.encode(.cleared(restart: 1)), as: UTF8.self) == "{\"type\":\"cleared\",\"restart\":1}")
+    }
+
+    // MARK: - Restarts
+
+    var restartPolicy: ClusterLeader.Policy {
+        ClusterLeader.Policy(grace: 30, alignTimeout: 2, checkpointEvery: nil, rendezvousTimeout: 60, maxRestarts: 1, restartBackoff: 2)
+    }
+
+    /// A rank failure restarts every node: each clears, and the relaunch (restart 1, with the job's
+    /// last commit) goes to all of them at once, not before the backoff.
+    @Test func aRankFailureRestartsEveryNodeOnceAllCleared() {
+        var leader = launched(policy: restartPolicy)
+        let checkpoint = leader.received(.checkpointRequest("SIGUSR2"), from: 0, now: t0)
+        #expect(sends(checkpoint).count == 3)
+        for node in 0..<3 { _ = leader.received(.position(round: 1, furthest: 9), from: node, now: t0) }
+        for node in 0..<3 { _ = leader.received(.confirmed(round: 1, step: 10, paths: paths(node)), from: node, now: t0) }
+        _ = leader.commitWritten(round: 1, record: "{\"step\":10}", now: t0)
+
+        let reason = "node 2: rank 5 failed (exited(1))"
+        let failed = leader.received(.rankFailed("rank 5 failed (exited(1))"), from: 2, now: t0 + 1)
+        #expect(sends(failed) == toEach([0, 1, 2], .restart(restart: 1, maxRestarts: 1, reason: reason)))
+        #expect(leader.phase == .restarting(restart: 1, deadline: t0 + 61))
+        #expect("\(reports(failed)[0])" == "error: leader: \(reason); restarting every node from the last commit (restart 1 of 1)")
+        #expect(leader.received(.cleared(restart: 2), from: 0, now: t0 + 1).isEmpty)
+        _ = leader.received(.cleared(restart: 1), from: 0, now: t0 + 1)
+        _ = leader.received(.cleared(restart: 1), from: 2, now: t0 + 1)
+        #expect(leader.ready == [0, 2] && leader.nextDeadline == t0 + 61)
+        // The last node clears before the backoff ends: the relaunch waits for it.
+        #expect(sends(leader.received(.cleared(restart: 1), from: 1, now: t0 + 2)).isEmpty)
+        #expect(leader.nextDeadline == t0 + 3)
+        let relaunch = leader.tick(now: t0 + 3)
+        let again = ClusterWorld(runID: "run-a", nodeCount: 3, localRanks: 2, restart: 1)
+        #expect(sends(relaunch) == toEach([0, 1, 2], .launch(again, record: "{\"step\":10}")))
+        #expect(leader.phase == .running && leader.living == [0, 1, 2] && !leader.failed)
+        // The restart is spent: the next failure ends the job.
+        #expect(sends(leader.received(.rankFailed("rank 0 failed"), from: 0, now: t0 + 4)) == toEach([0, 1, 2], .nodeFailed("node 0: rank 0 failed")))
+    }
+
+    /// A lost node must join again (a consistent join, not ahead of the job's commit); a join for a
+    /// rank still held is refused on its own connection, and the restart goes on.
+    @Test func aLostNodeJoinsTheRestartAgain() {
+        var leader = launched(policy: restartPolicy)
+        #expect(sends(leader.lost(node: 1, reason: "reset", now: t0)) == toEach([0, 2], .restart(restart: 1, maxRestarts: 1, reason: "node 1 (n1) is gone: reset")))
+        _ = leader.received(.cleared(restart: 1), from: 0, now: t0)
+        _ = leader.received(.cleared(restart: 1), from: 2, now: t0)
+        let held = "node rank 2 is held by n2, which is still in the job: impostor cannot take it"
+        #expect(leader.joined(join(2, host: "impostor"), now: t0) == [.report(.rejoinRefused(held)), .refuseJoin(held)])
+        let ahead = leader.joined(join(1, commit: .init(runID: "run-a", step: 3)), now: t0)
+        #expect(ahead.contains { if case .refuseJoin = $0 { true } else { false } })
+        let back = leader.joined(join(1, host: "n1b"), now: t0 + 5)
+        #expect(reports(back).first == .rejoined(node: 1, host: "n1b", restart: 1, waiting: 0))
+        #expect(sends(back) == toEach([0, 1, 2], .launch(ClusterWorld(runID: "run-a", nodeCount: 3, localRanks: 2, restart: 1), record: nil)))
+    }
+
+    /// A stop during the restart, a node that ends, or a node that never comes back within
+    /// --rdzv-timeout: the restart is abandoned, every living node fails, rejoined ones are refused.
+    @Test func aRestartEndsOnAStopAnEndOrTheDeadline() {
+        var stopped = launched(policy: restartPolicy)
+        _ = stopped.lost(node: 1, reason: "reset", now: t0)
+        _ = stopped.joined(join(1), now: t0)
+        let stop = stopped.received(.trigger(.signal(SignalNumber.interrupt)), from: 2, now: t0)
+        let line = "stop requested (SIGINT) on node 2 during restart 1; not restarting"
+        #expect(sends(stop) == [0: [.nodeFailed(line)], 2: [.nodeFailed(line)], 1: [.refused(line)]])
+        #expect(stopped.phase == .running && stopped.failed && stopped.stopTrigger == .signal(SignalNumber.interrupt))
+
+        var ended = launched(policy: restartPolicy)
+        _ = ended.received(.rankFailed("rank 0 failed"), from: 0, now: t0)
+        #expect(sends(ended.received(.finished(exitCode: 1), from: 2, now: t0)) == toEach([0, 1], .nodeFailed("node 2 ended (exit 1) during restart 1")))
+
+        var late = launched(policy: restartPolicy)
+        _ = late.lost(node: 2, reason: "reset", now: t0)
+        _ = late.received(.cleared(restart: 1), from: 0, now: t0)
+        #expect(late.tick(now: t0 + 59).isEmpty)
+        let line2 = "node(s) 1, 2 were not ready for restart 1 within 60s (--rdzv-timeout)"
+        #expect(sends(late.tick(now: t0 + 60)) == toEach([0, 1], .nodeFailed(line2)))
+    }
+
+    /// A stop after a node finished cannot commit: it fails at once instead of waiting out the grace.
+    @Test func aStopAfterANodeFinishedFailsAtOnce() {
+        var leader = launched()
+        _ = leader.received(.finished(exitCode: 0), from: 2, now: t0)
+        let stop = leader.received(.trigger(.controlFile), from: 1, now: t0)
+        let line = "node(s) 2 finished before the stop: their ranks confirm nothing"
+        #expect(sends(stop) == [0: [.stop(round: 1, .controlFile), .roundFailed(round: 1, line)], 1: [.stop(round: 1, .controlFile), .roundFailed(round: 1, line)]])
+        #expect(reports(leader.received(.checkpointRequest("SIGUSR2"), from: 0, now: t0)) == [.checkpointNotStarted(trigger: "SIGUSR2")])
     }
 }

@@ -14,7 +14,9 @@ import Testing
 /// exactly once after every rank ended, then nothing; no signal and no message to an ended rank; a
 /// stop reaches every living rank; a commit only when every rank said hello before the round and
 /// confirmed the round's step in it, with its first confirmation's path, before the grace, once):
-/// - a member never restarts (no `.awaitGangExit`, no `.launch`);
+/// - a member restarts only as the leader says: `.awaitGangExit` only once a failed attempt's ranks
+///   all ended and no stop forbids a restart; `.tellLeader(.cleared)` only for the restart the leader
+///   asked for, once the gang is gone, once; `.launch` only on the leader's `.relaunch` of that restart;
 /// - `.tellLeader(.position)` once per round, for the round in flight, before its step, with the
 ///   furthest usable position its speaking ranks answered, once every living one answered or the
 ///   alignment deadline passed;
@@ -32,7 +34,7 @@ import Testing
 ///
 /// | the run                                                                 | exit    |
 /// |-------------------------------------------------------------------------|---------|
-/// | a rank failed, or `.nodeFailed` came, while no stop was pending          | 1       |
+/// | a rank failed, or `.nodeFailed` or `.restartJob` came, while no stop was pending, and no relaunch followed | 1 |
 /// | no stop (every rank exited 0)                                           | 0       |
 /// | the stop's `.commit` was answered by `.commitWritten` (the leader wrote it) | 0    |
 /// | a counted second or third signal, a quit, or the leader's `.escalate`   | 128+N   |
@@ -59,6 +61,7 @@ import Testing
         let milestones: Set = [
             "told position", "step taken", "step taken while aligning", "commit", "stop committed", "commit voided",
             "rank failure told", "exit 0", "exit 1", "exit 2", "exit 128+N", "node failed while training", "node failed while stopping",
+            "restart asked", "cleared told", "relaunched", "verdict: no restart",
         ]
         if seeds.count >= 500 { #expect(milestones.subtracting(seen).isEmpty, "never reached: \(milestones.subtracting(seen).sorted())") }
     }
@@ -79,6 +82,8 @@ extension Walk {
 
     /// The leader's stop (once per job, as it sends it once), then its escalations.
     mutating func leaderStopStep() throws(Violation) {
+        // A leader that restarts the job sends no stop until the relaunch.
+        if restartAsked != nil { return }
         if !leaderStopped {
             leaderStopped = true
             try send(.trigger(randomTrigger()))
@@ -93,6 +98,14 @@ extension Walk {
         switch Int.random(in: 0..<100, using: &random) {
         case 0..<12:
             try send(.nodeFailed("node 2 (h2): rank 5 failed (exited(1))"))
+        case 12..<16:
+            // Another node's failure restarts the job; or a stray relaunch, which nothing follows.
+            if random.chance(0.7), !leaderStopped, !leaderGaveUp, restartAsked == nil {
+                leaderRestarts += 1
+                try send(.restartJob(restart: leaderRestarts, maxRestarts: 3, "node 2: rank 5 failed (exited(1))"))
+            } else {
+                try send(.relaunch(restart: leaderRestarts + random.pick([0, 1])))
+            }
         case 12..<40:
             try send(.roundFailedElsewhere(round: id + random.pick([0, 0, 0, -1, 1]), "node 1: rank 2 ended before confirming"))
         case 40..<65:
@@ -150,6 +163,24 @@ extension Walk {
         }
     }
 
+    /// The leader's answer to what this node waits for: the relaunch it cleared for, or its verdict
+    /// on a failure (a restart of the job, or none).
+    mutating func leaderVerdict() -> CoordinatorEvent? {
+        if clearedTold, let restart = restartAsked { return .relaunch(restart: restart) }
+        guard attemptFailed, restartAsked == nil, !leaderGaveUp else { return nil }
+        let waiting = switch machine.phase {
+        case .failing(_, stopRequested: false), .restarting(resumeAt: nil): true
+        default: false
+        }
+        guard waiting else { return nil }
+        if random.chance(0.6) {
+            leaderRestarts += 1
+            return .restartJob(restart: leaderRestarts, maxRestarts: 3, "node 0: rank 1 failed (exited(1))")
+        }
+        seen.insert("verdict: no restart")
+        return .nodeFailed("node 1: rank 2 failed (exited(1))")
+    }
+
     // MARK: Checks
 
     mutating func checkTellLeader(_ report: NodeReport) throws(Violation) {
@@ -182,6 +213,12 @@ extension Walk {
         case .rankFailed(let rank, let status):
             try expect(event == .exited(rank: rank, status) && !status.isSuccess && runningBefore,
                        "rank \(rank)'s failure told on \(event)")
+        case .cleared(let restart):
+            try expect(restartAsked == restart, "cleared for restart \(restart), asked for \(String(describing: restartAsked))")
+            try expect(!clearedTold, "cleared for restart \(restart) twice")
+            try expect(living.isEmpty && (gangGoneGiven || event == .gangGone), "cleared while the gang is not gone")
+            clearedTold = true
+            seen.insert("cleared told")
         }
     }
 
@@ -228,6 +265,10 @@ extension Walk {
             failed = true
             seen.insert(runningBefore ? "node failed while training" : "node failed while stopping")
         }
+        if case .restartJob = event, runningBefore {
+            failed = true
+            seen.insert("restart asked")
+        }
         for case .finish(let code) in actions { seen.insert(code > 128 ? "exit 128+N" : "exit \(code)") }
         if stopCommitted { seen.insert("stop committed") }
         // Told the round failed elsewhere, or that a node failed, the node waits for no commit.
@@ -243,6 +284,7 @@ extension Walk {
         var voids = false
         switch event {
         case .nodeFailed: voids = true
+        case .restartJob: voids = runningBefore
         case .roundFailedElsewhere(let id, _): voids = id == roundBefore
         default: break
         }

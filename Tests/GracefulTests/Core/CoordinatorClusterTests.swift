@@ -215,14 +215,34 @@ import Testing
         #expect(finish(endAll(&committed, now: t0 + 5)) == 0)
     }
 
-    @Test func aRankFailureIsToldToTheLeaderAndNeverRestarted() {
+    /// The leader decides: the gang is cleared meanwhile, and its verdict ends the run (no restart)...
+    @Test func aRankFailureIsToldToTheLeaderWhoseVerdictDecides() {
         var machine = member()
         let failed = machine.handle(.exited(rank: 1, .exited(1)), now: t0)
         #expect(told(failed) == [.rankFailed(rank: 1, .exited(1))])
         #expect(signals(failed) == [0: SignalNumber.terminate])
         let last = machine.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0 + 1)
-        #expect(!last.contains(.awaitGangExit))
-        #expect(finish(last) == ExitCode.rankFailed)
+        #expect(last == [.awaitGangExit])
+        #expect(told(machine.handle(.gangGone, now: t0 + 2)).isEmpty, "nothing to clear for before the leader's word")
+        #expect(finish(machine.handle(.nodeFailed("node 0: rank 1 failed (exited(1))"), now: t0 + 3)) == ExitCode.rankFailed)
+
+        // ... or a restart of the whole job: cleared, then relaunched only on the leader's word.
+        var restarted = member()
+        _ = restarted.handle(.exited(rank: 1, .exited(1)), now: t0)
+        _ = restarted.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0 + 1)
+        #expect(told(restarted.handle(.restartJob(restart: 1, maxRestarts: 2, "node 0: rank 1 failed"), now: t0 + 2)).isEmpty)
+        #expect(told(restarted.handle(.gangGone, now: t0 + 3)) == [.cleared(restart: 1)])
+        #expect(restarted.handle(.relaunch(restart: 2), now: t0 + 4).isEmpty)
+        #expect(restarted.handle(.relaunch(restart: 1), now: t0 + 4) == [.launch(restart: 1)])
+        #expect(restarted.restarts == 1 && restarted.phase == .running(checkpoint: nil))
+
+        // Another node's failure restarts a node whose ranks are training: they are torn down first.
+        var healthy = member()
+        let asked = healthy.handle(.restartJob(restart: 1, maxRestarts: 1, "node 1 (h1) is gone: reset"), now: t0)
+        #expect(signals(asked) == [0: SignalNumber.terminate, 1: SignalNumber.terminate])
+        _ = healthy.handle(.exited(rank: 0, .signaled(SignalNumber.terminate)), now: t0 + 1)
+        #expect(healthy.handle(.exited(rank: 1, .signaled(SignalNumber.terminate)), now: t0 + 1) == [.awaitGangExit])
+        #expect(told(healthy.handle(.gangGone, now: t0 + 2)) == [.cleared(restart: 1)])
 
         // During a stop a rank's end is the stop's business: the round fails, the job does not.
         var stopping = stopAtTwelve()

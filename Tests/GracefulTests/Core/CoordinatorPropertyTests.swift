@@ -114,6 +114,12 @@ struct Walk {
     var leaderStopped = false
     /// Cluster mode: the rounds this node told the leader failed.
     var toldFailed: Set<Int> = []
+    /// Cluster mode: restarts the model leader started; the one this node was asked to clear for; whether
+    /// it said it cleared; whether the leader gave up restarting (`.nodeFailed`).
+    var leaderRestarts = 0
+    var restartAsked: Int?
+    var clearedTold = false
+    var leaderGaveUp = false
     /// Cluster mode: the milestones this walk reached.
     var seen: Set<String> = []
 
@@ -260,6 +266,8 @@ struct Walk {
             try send(.gangGone)
         } else if cluster, !pendingSteps.isEmpty {
             try deliverLeaderStep()
+        } else if cluster, let verdict = leaderVerdict() {
+            try send(verdict)
         } else {
             return false
         }
@@ -343,6 +351,16 @@ struct Walk {
             // Another node failed: while training, this node fails (1); during a stop, no commit can come.
             if running { attemptFailed = true }
             if let id = machine.currentRoundID { voidedRounds.insert(id) }
+            restartAsked = nil
+            leaderGaveUp = true
+            startsStop = false
+        case .restartJob(let restart, _, _):
+            // The leader restarts the job: while training, this attempt fails (elsewhere).
+            if running { attemptFailed = true }
+            if attemptFailed && !triggerReceived {
+                if let id = machine.currentRoundID { voidedRounds.insert(id) }
+                restartAsked = restart
+            }
             startsStop = false
         case .roundFailedElsewhere(let id, _):
             // Only the round in flight: the leader's rounds are mapped to this node's as they start.
@@ -449,15 +467,24 @@ struct Walk {
             pendingCommits.append((step, current.kind, id))
             seen.insert("commit")
         case .awaitGangExit:
-            try expect(!cluster, "a member of a multi-node job never restarts")
+            // A member clears a failed gang while the leader's verdict comes; no stop forbids it.
+            if cluster { try expect(attemptFailed && !triggerReceived, "a member cleared its gang with no failure to restart from") }
             try expect(living.isEmpty, "the gang is cleared while ranks \(living) live")
             pendingGangGone = true
             gangGoneGiven = false
         case .launch(let restart):
-            try expect(!cluster, "a member of a multi-node job never restarts")
             launches += 1
-            try expect(launches <= policy.maxRestarts, "launch \(launches) beyond --max-restarts \(policy.maxRestarts)")
-            try expect(restart == launches, "launch numbered \(restart), expected \(launches)")
+            if cluster {
+                // Only the leader's relaunch of the restart this node cleared for.
+                try expect(event == .relaunch(restart: restart) && clearedTold && restartAsked == restart,
+                           "launch \(restart) on \(event), cleared: \(clearedTold), asked: \(String(describing: restartAsked))")
+                restartAsked = nil
+                clearedTold = false
+                seen.insert("relaunched")
+            } else {
+                try expect(launches <= policy.maxRestarts, "launch \(launches) beyond --max-restarts \(policy.maxRestarts)")
+                try expect(restart == launches, "launch numbered \(restart), expected \(launches)")
+            }
             try expect(gangGoneGiven, "a launch before the old gang is gone")
             try expect(!triggerReceived, "a launch after a stop was requested")
             alive = Array(repeating: true, count: rankCount)

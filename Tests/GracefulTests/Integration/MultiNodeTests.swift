@@ -13,6 +13,7 @@ import Testing
     static let token = "multi-node-test-job-token-0123456789"
     /// Training that goes on until it is stopped, rank 0 (node 0) logging every 50 steps.
     static let endless = ["--steps", "100000", "--step-time", "0.005", "--log-every", "50"]
+    static let failOnce = Launched.packageRoot + "/Tests/fixtures/fail_once_rank.py"
 
     // MARK: - Helpers
 
@@ -58,6 +59,8 @@ import Testing
         let directory: TemporaryDirectory
         let masterPort: Int
         var rendezvousPort: Int { masterPort + 1 }
+        /// The command's job name: its run directories are graceful_run/<name>/node<K>.
+        var name = "train"
         private(set) var started: [Launched] = []
 
         init() throws {
@@ -70,12 +73,12 @@ import Testing
         func start(
             node: Int, nodes: Int = 3, ranks: Int = 2, rendezvousTimeout: String = "60", options: [String] = [],
             training: [String] = MultiNodeTests.endless, environment: [String: String] = ["GRACEFUL_JOB_TOKEN": MultiNodeTests.token],
-            prefix: [String] = []
+            prefix: [String] = [], program: [String] = ["python3", MultiNodeTests.train]
         ) throws -> Launched {
             let arguments = prefix + [
                 Launched.graceful, "run", "--nnodes", "\(nodes)", "--node-rank", "\(node)", "--master-port", "\(masterPort)",
                 "--control-file", "ctl\(node).json", "-n", "\(ranks)", "--rdzv-timeout", rendezvousTimeout,
-            ] + options + ["--", "python3", MultiNodeTests.train] + training
+            ] + options + ["--"] + program + training
             let run = try Launched(arguments, in: directory.path, environment: environment)
             started.append(run)
             return run
@@ -104,7 +107,7 @@ import Testing
 
         /// The JSON of node `node`'s copy of the job's record (node 0's is the record itself).
         func record(node: Int) -> String? {
-            directory.read("graceful_run/train/node\(node)/last_checkpoint.json")
+            directory.read("graceful_run/\(name)/node\(node)/last_checkpoint.json")
         }
 
         /// Every rank log of every node (and any other run directory) with content: none before a launch.
@@ -297,6 +300,89 @@ import Testing
         #expect(code != 0, "\(nodes[2].output)")
         #expect(job.record(node: 2) == nil)
         #expect(waitUntilNoProcess(workingIn: job.directory.path, timeout: 10).isEmpty, "processes left behind")
+    }
+
+    // MARK: - Restarts across nodes
+
+    /// Every rank of every node resumed from committed step `step` in restart 1.
+    static func expectResumed(_ nodes: [Launched], from step: Int) throws {
+        for (node, run) in nodes.enumerated() {
+            for local in 0..<2 {
+                let rank = node * 2 + local
+                try run.waitFor("[rank\(rank)]: rank \(rank)/6: resuming from ")
+                let line = run.stdout.split(separator: "\n").first { $0.hasPrefix("[rank\(rank)]: rank \(rank)/6: resuming from ") }
+                #expect(line?.hasSuffix("/checkpoints/train/rank\(rank)/step_\(step).json (step \(step))") == true, "node \(node):\n\(run.stdout)")
+            }
+        }
+    }
+
+    /// A stop after the restart commits a later step across all six ranks; every node exits 0.
+    static func expectStopAfterRestart(_ job: Job, _ nodes: [Launched], after first: Int) throws {
+        try job.directory.replace("ctl2.json", with: "{\"GracefulExit\": 1}\n")
+        for (node, run) in nodes.enumerated() {
+            #expect(try run.waitForExit(timeout: 60) == 0, "node \(node):\n\(run.output)")
+        }
+        let step = try committedStep(job)
+        #expect(step > first)
+        let record = try #require(job.record(node: 0))
+        #expect(record.contains("\"trigger\": \"control-file\""), "\(record)")
+        for node in 1..<3 { #expect(job.record(node: node) == record, "node \(node)'s copy differs from the leader's record") }
+        #expect(waitUntilNoProcess(workingIn: job.directory.path, timeout: 10).isEmpty, "processes left behind")
+    }
+
+    /// A rank that crashes on one node, with --max-restarts 1: every node tears its ranks down, the
+    /// whole world relaunches as restart 1 from the last commit, and a stop afterwards commits.
+    @Test func aCrashedRankRestartsEveryNodeFromTheLastCommit() throws {
+        let job = try Job()
+        job.name = "fail_once_rank"
+        defer { job.cleanUp() }
+        for node in 0..<3 { try job.directory.write("ctl\(node).json", "{\"GracefulExit\": 0}\n") }
+        let environment = [
+            "GRACEFUL_JOB_TOKEN": Self.token, "FAIL_RANK": "3", "FAIL_AFTER": "graceful_run/fail_once_rank/node0/last_checkpoint.json",
+        ]
+        let options = ["--max-restarts", "1", "--restart-backoff", "0.1", "--kill-after", "2"]
+        let nodes = try (0..<3).map {
+            try job.start(node: $0, options: options, environment: environment, program: ["python3", Self.failOnce, Self.train])
+        }
+        try nodes[0].waitFor("[rank0]: step 50:")
+        nodes[0].signal(SIGUSR2)
+        for (node, run) in nodes.enumerated() {
+            try run.waitFor("graceful[node \(node)]: restart 1: launching 2 rank(s)")
+        }
+        let first = try Self.committedStep(job)
+        let restarting = nodes[0].stderr.split(separator: "\n").first { $0.contains("restarting every node") }
+        #expect(restarting?.contains("leader: node 1: rank 3 failed") == true, "\(nodes[0].stderr)")
+        #expect(restarting?.hasSuffix("restarting every node from the last commit (restart 1 of 1)") == true, "\(nodes[0].stderr)")
+        #expect(nodes[1].stdout.contains("rank 3: crashing on purpose"), "\(nodes[1].stdout)")
+        try Self.expectResumed(nodes, from: first)
+        try Self.expectStopAfterRestart(job, nodes, after: first)
+    }
+
+    /// A follower's coordinator killed outright, with --max-restarts 1: the others clear their ranks
+    /// and wait; the same node started again joins the restart, and every rank resumes from the
+    /// last commit.
+    @Test func aKilledFollowerStartedAgainRejoinsTheRestart() throws {
+        let job = try Job()
+        defer { job.cleanUp() }
+        for node in 0..<3 { try job.directory.write("ctl\(node).json", "{\"GracefulExit\": 0}\n") }
+        let options = ["--max-restarts", "1", "--restart-backoff", "0.1", "--heartbeat-timeout", "2", "--kill-after", "2"]
+        var nodes = try job.startThree(options: options)
+        try nodes[0].waitFor("[rank0]: step 50:")
+        nodes[0].signal(SIGUSR2)
+        for (node, run) in nodes.enumerated() { try run.waitFor("graceful[node \(node)]: committed step") }
+        let first = try Self.committedStep(job)
+
+        nodes[1].signal(SIGKILL)
+        #expect(try nodes[1].waitForExit(timeout: 10) == 128 + SIGKILL)
+        try nodes[0].waitFor("restarting every node from the last commit (restart 1 of 1)")
+        try nodes[2].waitFor("graceful[node 2]: this node's ranks are gone; waiting for every node before restart 1")
+        nodes[1] = try job.start(node: 1, options: options)
+        try nodes[0].waitFor("leader: node 1 (")
+        try nodes[0].waitFor("joined again for restart 1")
+        for node in [0, 2] { try nodes[node].waitFor("graceful[node \(node)]: restart 1: launching 2 rank(s)") }
+        try nodes[1].waitFor("graceful[node 1]: resuming from committed step \(first) ")
+        try Self.expectResumed(nodes, from: first)
+        try Self.expectStopAfterRestart(job, nodes, after: first)
     }
 
     // MARK: - Strangers at the rendezvous port
