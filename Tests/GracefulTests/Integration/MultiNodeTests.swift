@@ -385,6 +385,34 @@ import Testing
         try Self.expectStopAfterRestart(job, nodes, after: first)
     }
 
+    // MARK: - IPv6
+
+    /// Whether this machine can bind IPv6 loopback (a kernel booted without IPv6 cannot).
+    static let hasIPv6Loopback: Bool = {
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_addr = in6addr_loopback
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) == 0 }
+        }
+    }()
+
+    /// The leader listens on IPv6 as well as IPv4: followers that reach it at ::1 join and stop with
+    /// one commit.
+    @Test(.enabled(if: hasIPv6Loopback, "this machine cannot bind ::1 (no IPv6)"))
+    func followersJoinOverIPv6() throws {
+        let job = try Job()
+        defer { job.cleanUp() }
+        let nodes = try job.startThree(options: ["--master-addr", "::1"])
+        try nodes[0].waitFor("[rank0]: step 50:")
+        nodes[1].signal(SIGTERM)
+        #expect(try Self.expectOneCommit(job, nodes, trigger: "SIGTERM") > 50)
+        #expect(nodes[1].stderr.contains("graceful[node 1]: joining the job at ::1:\(job.rendezvousPort)"), "\(nodes[1].stderr)")
+    }
+
     // MARK: - Strangers at the rendezvous port
 
     /// A client of the leader's rendezvous port, speaking as much of the link protocol as an attack needs.
