@@ -127,7 +127,7 @@ public struct Coordinator: Sendable {
         case .running(let round):
             if let round {
                 if case .aligning(let deadline) = round.target { consider(deadline) }
-                consider(round.requestedAt + policy.grace)
+                if !awaitsLeadersCommit(round) { consider(round.requestedAt + policy.grace) }
             } else {
                 consider(nextCheckpointAt)
             }
@@ -735,7 +735,7 @@ public struct Coordinator: Sendable {
         case .running(let round):
             if let round {
                 if case .aligning(let deadline) = round.target, now >= deadline { decide(now: now, into: &actions) }
-                if case .running(.some(let current)) = phase, now >= current.requestedAt + policy.grace {
+                if case .running(.some(let current)) = phase, now >= current.requestedAt + policy.grace, !awaitsLeadersCommit(current) {
                     let missing = ranks.indices.filter {
                         ranks[$0].isAlive && ranks[$0].speaksProtocol && ranks[$0].confirmation == nil
                     }
@@ -852,6 +852,14 @@ public struct Coordinator: Sendable {
         endAttempt()
         phase = .finished(exitCode: code)
         actions.append(.finish(exitCode: code))
+    }
+
+    /// A member whose ranks all confirmed a checkpoint waits for the leader's answer (its commit, or
+    /// the round's failure), which the leader's own deadline bounds, rather than abandoning the round
+    /// at its own grace while the leader commits it.
+    private func awaitsLeadersCommit(_ round: Round) -> Bool {
+        guard isClusterMember, case .pending = round.commit else { return false }
+        return true
     }
 
     /// Records the current attempt for the summary.
