@@ -198,7 +198,12 @@ public final class Supervisor {
                 case Token.auxiliaryStdout, Token.auxiliaryStderr:
                     auxiliary?.io.readOutput(stream: event.token == Token.auxiliaryStdout ? 0 : 1, loop: loop, console: console)
                 case let token where ClusterSession.isSessionToken(token):
-                    session?.handle(token: token, now: clock())
+                    guard let session else { continue }
+                    session.handle(token: token, now: clock())
+                    // The leader's word is acted on at once (a stop reaches this node's ranks before
+                    // anything else of the batch is read); a relaunch closes the old ranks' descriptors,
+                    // so later events of the batch read the new ranks' harmlessly.
+                    obey(session.takeCommands())
                 default:
                     let (rank, kind) = Token.decode(event.token)
                     // Events of an attempt already replaced are stale: their descriptors are closed.

@@ -232,7 +232,10 @@ import Testing
         #expect(try run.waitForExit() == 0, "\(run.output)")
         #expect(run.count("warning: rank 1 wrote something that is not a protocol message") == 1)
         #expect(run.count("confirmed step 999 while no stop or checkpoint step was set") == 1)
-        #expect(run.count("confirmed again") == 2)
+        // One warning per rank and round: rank 1's junk confirmation may be read only once the stop's
+        // round began (a megabyte of junk before it, read in bounded slices), and then it is that warning.
+        #expect(run.count("warning: rank 0 confirmed again") == 1, "\(run.output)")
+        #expect(run.count("warning: rank 1 confirmed again") <= 1, "\(run.output)")
         #expect(Self.invariantViolation(in: directory.path, ranks: 2) == nil)
     }
 
