@@ -26,6 +26,10 @@ enum QueueCommandLine {
                                   back and its task run again. (default: 30; renewed every third
                                   of it, at most every 5 s)
           --max-attempts <n>      Failed attempts after which a task is failed. (default: 3)
+          --max-lease-expiries <n>
+                                  Expired leases (the worker running the task died or hung)
+                                  after which a task is failed rather than taken back.
+                                  (default: 3)
           --backoff <seconds>     Wait before a failed task's next attempt, doubled after each
                                   failure, up to 60. (default: 1)
           --timeout <seconds>     Stop an attempt (gracefully, then kill) that runs longer; it
@@ -145,6 +149,8 @@ enum QueueCommandLine {
                 guard configuration.policy.lease >= 1 else { throw usage("\(name): a lease must be at least 1 second") }
             case "--max-attempts":
                 configuration.policy.maxAttempts = try CommandLineInterface.wholeNumber(text, name: name, of: "a number of attempts", in: 1...1_000_000, hint: hint)
+            case "--max-lease-expiries":
+                configuration.policy.maxLeaseExpiries = try CommandLineInterface.wholeNumber(text, name: name, of: "a number of lease expiries", in: 1...1_000_000, hint: hint)
             case "--backoff": configuration.policy.backoff = try CommandLineInterface.seconds(text, name: name, hint: hint)
             case "--timeout":
                 let timeout = try CommandLineInterface.seconds(text, name: name, hint: hint)

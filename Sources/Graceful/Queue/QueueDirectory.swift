@@ -17,7 +17,7 @@ final class QueueDirectory {
     /// The definition, as read from (or written to) `queue.json`.
     private(set) var definition: QueueDefinition
     /// Files never change once they exist (only a claim's time does): what was parsed is kept.
-    private var parsedClaims: [String: (holder: String, host: String, pid: Int32, start: UInt64)] = [:]
+    private var parsedClaims: [String: ParsedClaim] = [:]
     private var parsedEnds: [String: TaskFiles.AttemptEnd] = [:]
     private var outcomes: [String: TaskFiles.Outcome] = [:]
 
@@ -147,20 +147,23 @@ final class QueueDirectory {
                 attempt: attempt, holder: holder.holder, host: holder.host, heartbeat: heartbeat,
                 holderGone: holder.host == hostID && !isThisProcess(pid: holder.pid, start: holder.start)
                     && !Self.processAlive(pid: holder.pid, start: holder.start),
-                end: end, copied: names.contains("attempt_\(attempt).copy")))
+                end: end, copied: names.contains("attempt_\(attempt).copy"), takeover: holder.takeover))
         }
         return TaskFiles(id: task, claims: claims)
     }
 
+    private typealias ParsedClaim = (holder: String, host: String, pid: Int32, start: UInt64, takeover: Bool)
+
     /// The holder a claim names. A claim is linked only once written in full and closed, so one
     /// that is empty or incomplete was cut short by a crash of the machine (claims are not fsynced,
-    /// `Durability.none`): its holder is unknown, `?` on no host, and its lease decides.
-    private func parsedClaim(_ file: String) -> (holder: String, host: String, pid: Int32, start: UInt64) {
+    /// `Durability.none`): its holder is unknown, `?` on no host, and its lease decides (and the
+    /// takeover it may have been is forgiven).
+    private func parsedClaim(_ file: String) -> ParsedClaim {
         if let known = parsedClaims[file] { return known }
-        var parsed = (holder: Self.unknownHolder, host: Self.unknownHolder, pid: Int32(0), start: UInt64(0))
+        var parsed = (holder: Self.unknownHolder, host: Self.unknownHolder, pid: Int32(0), start: UInt64(0), takeover: false)
         if let value = try? Self.readJSON(file), let holder = value["worker"]?.stringValue, let host = value["host"]?.stringValue,
            let pid = value["pid"]?.intValue, let start = value["start"]?.intValue {
-            parsed = (holder, host, Int32(truncatingIfNeeded: pid), UInt64(max(0, start)))
+            parsed = (holder, host, Int32(truncatingIfNeeded: pid), UInt64(max(0, start)), value["takeover"] != nil)
         }
         parsedClaims[file] = parsed
         return parsed
@@ -213,13 +216,16 @@ final class QueueDirectory {
     // MARK: - Changing
 
     /// Claims `attempt` of `task` (or a straggler copy of it): false when another worker has it.
+    /// `takeover` names the previous attempt when its expired lease is taken back: the claim
+    /// records it, and the task's lease expiries are counted from such claims.
     /// (`graceful-bench --only queue` times these same file operations as the claim latency.)
-    func claim(_ task: String, attempt: Int, worker: String, copy: Bool) throws(Failure) -> Bool {
+    func claim(_ task: String, attempt: Int, worker: String, copy: Bool, takeover: Int? = nil) throws(Failure) -> Bool {
         let file = copy ? copyPath(task, attempt: attempt) : claimPath(task, attempt: attempt)
         var info = stat()
         // Taken already (a race lost to another host, seen through a scan a moment old): no write.
         if stat(file, &info) == 0 { return false }
-        let content = "{\"worker\": \(JSONEncoding.quoted(worker)), \"host\": \(JSONEncoding.quoted(hostID)), \"pid\": \(getpid()), \"start\": \(Self.ownStart), \"claimed\": \(JSONEncoding.quoted(Supervisor.timestamp())), \"claimed_epoch\": \(time(nil))}\n"
+        let takeoverField = takeover.map { ", \"takeover\": \($0)" } ?? ""
+        let content = "{\"worker\": \(JSONEncoding.quoted(worker)), \"host\": \(JSONEncoding.quoted(hostID)), \"pid\": \(getpid()), \"start\": \(Self.ownStart), \"claimed\": \(JSONEncoding.quoted(Supervisor.timestamp())), \"claimed_epoch\": \(time(nil))\(takeoverField)}\n"
         do {
             try Self.ensureDirectory(taskDirectory(task))
             return try Self.linkNew(Array(content.utf8), at: file, durability: .none)

@@ -4,6 +4,10 @@ public struct QueuePolicy: Equatable, Sendable {
     public var lease: Double = 30
     /// Failed attempts after which a task is recorded failed.
     public var maxAttempts = 3
+    /// Leases taken back (the holder died or stopped renewing) after which a task is recorded
+    /// failed rather than claimed again: a task that kills or hangs its worker every time is not
+    /// retried without end.
+    public var maxLeaseExpiries = 3
     /// The wait after a task's first failure, doubled after each further one, up to `maximumBackoff`.
     public var backoff: Double = 1
     /// Whether an idle worker may start a second copy of the task that has run longest. Off by

@@ -30,7 +30,7 @@ public final class QueueRunner {
     }
 
     private enum StopReason {
-        case sweepStopped, timeout, memory(UInt64), lostLease, otherCopyWon
+        case sweepStopped, timeout, memory(UInt64), lostLease, otherCopyWon, taskFailed
     }
 
     private var slots: [Attempt?]
@@ -189,12 +189,12 @@ public final class QueueRunner {
                     continue
                 }
                 switch decision {
-                case .fail(let task, let attempts):
-                    try recordFailed(task, attempts: attempts)
+                case .fail(let task, let reason):
+                    try recordFailed(task, reason: reason)
                 case .claim(let task, let attempt, let takeover):
-                    if try queue.claim(task, attempt: attempt, worker: workerName(slot), copy: false) {
+                    if try queue.claim(task, attempt: attempt, worker: workerName(slot), copy: false, takeover: takeover?.attempt) {
                         if let takeover {
-                            console.line("\(task): the lease of attempt \(takeover.attempt) (\(takeover.holder)) expired; taking it back")
+                            console.line("\(task): the lease of attempt \(takeover.attempt) (\(takeover.holder)) expired; taking it back (\(fresh.expiries + 1) of \(configuration.policy.maxLeaseExpiries) lease expiries)")
                         }
                         try launch(task, attempt: attempt, copy: false, slot: slot, events: events)
                     }
@@ -316,7 +316,7 @@ public final class QueueRunner {
         let seconds = String(format1: elapsed)
         let label = attempt.copy ? "\(attempt.task) (straggler copy)" : attempt.task
         switch attempt.stopReason {
-        case .sweepStopped?, .lostLease?, .otherCopyWon?:
+        case .sweepStopped?, .lostLease?, .otherCopyWon?, .taskFailed?:
             if !attempt.copy {
                 try queue.release(attempt.task, attempt: attempt.attempt, reason: attempt.stopReason.map(Self.describe) ?? "")
             }
@@ -369,28 +369,47 @@ public final class QueueRunner {
         try queue.end(attempt.task, attempt: attempt.attempt, failedWith: exit, reason: reason, tail: tail)
         let failures = try queue.scan(attempt.task).failures
         if failures >= configuration.policy.maxAttempts {
-            try recordFailed(attempt.task, attempts: failures)
+            try recordFailed(attempt.task, reason: .attemptsFailed(failures))
         } else {
             let wait = configuration.policy.backoff(afterFailures: failures)
             console.line("\(attempt.task) attempt \(attempt.attempt) failed (\(reason)); retrying in \(String(format1: wait))s (\(failures) of \(configuration.policy.maxAttempts) attempts failed)")
         }
     }
 
-    /// Records the task failed, with its last attempt's exit status and log tail.
-    private func recordFailed(_ task: String, attempts: Int) throws {
+    /// Records the task failed, with why, and the log tail of its last failed attempt (its exit
+    /// status too) or, when its lease expired once too often, of the attempt whose worker died or
+    /// hung last.
+    private func recordFailed(_ task: String, reason: QueueScheduler.FailReason) throws {
         let files = try queue.scan(task)
+        let attempts: Int
+        let expired: Int
         var exit = "null"
         var tail = "[]"
-        if let last = files.claims.last(where: { if case .failed = $0.end { return true }; return false }),
-           let contents = try AtomicFile.read(queue.endPath(task, attempt: last.attempt)),
-           let value = try? JSONParser.parse(contents) {
-            exit = value["exit"].map(JSONWriting.encode) ?? "null"
-            tail = value["tail"].map(JSONWriting.encode) ?? "[]"
+        let why: String
+        switch reason {
+        case .attemptsFailed(let failures):
+            attempts = failures
+            expired = files.expiries
+            var last: String?
+            if let claim = files.claims.last(where: { if case .failed = $0.end { return true }; return false }),
+               let contents = try AtomicFile.read(queue.endPath(task, attempt: claim.attempt)),
+               let value = try? JSONParser.parse(contents) {
+                exit = value["exit"].map(JSONWriting.encode) ?? "null"
+                tail = value["tail"].map(JSONWriting.encode) ?? "[]"
+                last = value["reason"]?.stringValue
+            }
+            why = "all \(failures) attempts failed" + (last.map { " (the last: \($0))" } ?? "")
+        case .leaseExpired(let times, let claim):
+            attempts = claim.attempt
+            expired = times
+            let lines = Self.tail(of: queue.logDirectory(task, attempt: claim.attempt, copy: false) + "/console.log")
+            tail = "[\(lines.map(JSONEncoding.quoted).joined(separator: ", "))]"
+            why = "its lease expired \(times) times: the worker running it died or stopped renewing each time (the last: attempt \(claim.attempt), \(claim.holder))"
         }
-        let json = "{\"state\": \"failed\", \"attempts\": \(attempts), \"exit\": \(exit), \"result\": null, \"tail\": \(tail), \"time\": \(JSONEncoding.quoted(Supervisor.timestamp()))}\n"
+        let json = "{\"state\": \"failed\", \"attempts\": \(attempts), \"expired\": \(expired), \"exit\": \(exit), \"reason\": \(JSONEncoding.quoted(why)), \"result\": null, \"tail\": \(tail), \"time\": \(JSONEncoding.quoted(Supervisor.timestamp()))}\n"
         if try queue.recordOutcome(task, state: .failed(attempts: attempts), json: json) {
             failedHere += 1
-            console.line("\(task) failed: all \(attempts) attempts failed (last exit \(exit)); see \(queue.logDirectory(task, attempt: files.claims.last?.attempt ?? 1, copy: false))/console.log\(progress())")
+            console.line("\(task) failed: \(why); see \(queue.logDirectory(task, attempt: files.claims.last?.attempt ?? 1, copy: false))/console.log\(progress())")
         }
     }
 
@@ -418,6 +437,7 @@ public final class QueueRunner {
         case .memory(let bytes): return "its processes used \(bytes >> 20) MiB, more than --max-memory"
         case .lostLease: return "its lease was taken back by another worker"
         case .otherCopyWon: return "another copy finished the task first"
+        case .taskFailed: return "the task was recorded failed meanwhile (its lease expired once too often)"
         }
     }
 
@@ -434,7 +454,10 @@ public final class QueueRunner {
         for index in slots.indices {
             guard let attempt = slots[index], attempt.stopReason == nil else { continue }
             if queue.hasOutcome(attempt.task) {
-                stop(index, reason: .otherCopyWon, signal: SIGTERM)
+                // Failed while an attempt of it runs here: this process hung past its lease, and it
+                // was the task's last lease expiry allowed.
+                let failed = (try? queue.readOutcome(attempt.task)).map { if case .failed = $0.state { true } else { false } } ?? false
+                stop(index, reason: failed ? .taskFailed : .otherCopyWon, signal: SIGTERM)
             } else if queue.superseded(attempt.task, attempt: attempt.attempt) || !queue.renew(attempt.task, attempt: attempt.attempt, copy: attempt.copy) {
                 stop(index, reason: .lostLease, signal: SIGTERM)
             }

@@ -1,16 +1,18 @@
 /// The decisions of one `queue run` process about a shared queue: which task an idle worker claims,
 /// when a claim's lease has expired, when a failed task may be tried again, when a task has used up
-/// its attempts, and which task a straggler copy duplicates. No files: it is fed scans
-/// (`TaskFiles`) and a monotonic clock.
+/// its attempts or its lease expiries, and which task a straggler copy duplicates. No files: it is
+/// fed scans (`TaskFiles`) and a monotonic clock.
 ///
 /// Guarantees (checked by `QueueSchedulerPropertyTests` against a model of many processes sharing
-/// the directory, crashing and restarting at random):
+/// the directory, crashing, hanging and restarting at random):
 /// - a claim whose heartbeat changed less than `lease` seconds ago, on this process's own clock, is
 ///   never taken over, unless its holder ran on this host and is gone: clocks of other hosts (and of
 ///   the file server) are never compared with this one, so clock skew cannot expire a live lease;
 /// - a failed task is not tried again before `backoff(afterFailures:)` has passed since this process
 ///   first saw the failure (which is never before the failure itself);
-/// - a task is recorded failed only once `maxAttempts` attempts failed, and never while it runs;
+/// - a task is recorded failed only once `maxAttempts` attempts failed (never while it runs), or
+///   when its lease expired for the `maxLeaseExpiries`-th time (its lease taken back at most
+///   `maxLeaseExpiries - 1` times: never claimed again after that);
 /// - a straggler copy is proposed only when no task is pending (nor waiting for its backoff), for
 ///   a live running attempt that has no copy yet;
 /// - once every task has an outcome, and only then, the answer is `.drained`.
@@ -40,16 +42,24 @@ public struct QueueScheduler: Sendable {
         case pending(attempt: Int, failures: Int, readyAt: Instant?)
         /// Its latest attempt is claimed; `expired` once the lease ran out.
         case running(TaskFiles.Claim, expired: Bool)
-        /// Every attempt it had failed; not yet recorded (`next` answers `.fail`).
+        /// `maxAttempts` of its attempts failed; not yet recorded (`next` answers `.fail`).
         case exhausted(failures: Int)
         case finished(attempt: Int)
         case failed(attempts: Int)
     }
 
+    /// Why a task is recorded failed.
+    public enum FailReason: Equatable, Sendable {
+        /// `maxAttempts` attempts failed.
+        case attemptsFailed(Int)
+        /// Its lease expired for the `maxLeaseExpiries`-th time; `last` is the claim whose lease it was.
+        case leaseExpired(times: Int, last: TaskFiles.Claim)
+    }
+
     /// What an idle worker should do.
     public enum Decision: Equatable, Sendable {
-        /// Record the task failed: its attempts are used up.
-        case fail(task: String, attempts: Int)
+        /// Record the task failed.
+        case fail(task: String, reason: FailReason)
         /// Claim `attempt` of the task (creating `attempt_N.claim` exclusively); `takeover` names the
         /// expired claim it replaces.
         case claim(task: String, attempt: Int, takeover: TaskFiles.Claim?)
@@ -105,7 +115,7 @@ public struct QueueScheduler: Sendable {
         for (task, state) in zip(tasks, states) {
             switch state {
             case .exhausted(let failures):
-                return .fail(task: task.id, attempts: failures)
+                return .fail(task: task.id, reason: .attemptsFailed(failures))
             case .pending(let attempt, _, let readyAt):
                 anyPending = true
                 if let readyAt, readyAt > now {
@@ -116,6 +126,11 @@ public struct QueueScheduler: Sendable {
             case .running(let claim, let expired):
                 let key = AttemptKey(task: task.id, attempt: claim.attempt)
                 if expired, !runningHere.contains(task.id) {
+                    // A holder that dies or hangs every time would have the task taken back without end.
+                    let expiries = task.expiries + 1
+                    if expiries >= policy.maxLeaseExpiries {
+                        return .fail(task: task.id, reason: .leaseExpired(times: expiries, last: claim))
+                    }
                     return .claim(task: task.id, attempt: claim.attempt + 1, takeover: claim)
                 }
                 if !expired { wake(heartbeats[key]!.changedAt + policy.lease) }

@@ -11,6 +11,8 @@ enum QueueStatus {
         var attempts: Int
         var result: JSONValue
         var exit: JSONValue
+        /// Why a failed task failed (its outcome's `reason`).
+        var reason: String?
         var worker: String?
         var host: String?
         var elapsed: Int?
@@ -35,6 +37,7 @@ enum QueueStatus {
                 }
                 row.result = outcome.value["result"] ?? .null
                 row.exit = outcome.value["exit"] ?? .null
+                row.reason = outcome.value["reason"]?.stringValue
             } else if let latest = files.latest {
                 if latest.end == nil {
                     row.state = "running"
@@ -53,7 +56,7 @@ enum QueueStatus {
 
     static func json(_ rows: [Row]) -> String {
         let tasks = rows.map { row in
-            "{\"id\": \(JSONEncoding.quoted(row.id)), \"params\": \(JSONWriting.encode(row.params)), \"state\": \"\(row.state)\", \"attempts\": \(row.attempts), \"result\": \(JSONWriting.encode(row.result)), \"exit\": \(JSONWriting.encode(row.exit)), \"worker\": \(JSONEncoding.string(row.worker)), \"host\": \(JSONEncoding.string(row.host)), \"elapsed\": \(JSONEncoding.number(row.elapsed))}"
+            "{\"id\": \(JSONEncoding.quoted(row.id)), \"params\": \(JSONWriting.encode(row.params)), \"state\": \"\(row.state)\", \"attempts\": \(row.attempts), \"result\": \(JSONWriting.encode(row.result)), \"exit\": \(JSONWriting.encode(row.exit)), \"reason\": \(JSONEncoding.string(row.reason)), \"worker\": \(JSONEncoding.string(row.worker)), \"host\": \(JSONEncoding.string(row.host)), \"elapsed\": \(JSONEncoding.number(row.elapsed))}"
         }
         return "{\"tasks\": [\n" + tasks.map { "  " + $0 }.joined(separator: ",\n") + "\n]}\n"
     }
@@ -61,11 +64,11 @@ enum QueueStatus {
     static func table(_ rows: [Row], directory: String) -> String {
         let counts = ["pending", "running", "finished", "failed"].map { state in "\(rows.filter { $0.state == state }.count) \(state)" }
         var lines = ["queue \(directory): \(rows.count) tasks: \(counts.joined(separator: ", "))"]
-        let header = ["TASK", "STATE", "ATTEMPTS", "WORKER", "ELAPSED", "EXIT", "PARAMS", "RESULT"]
+        let header = ["TASK", "STATE", "ATTEMPTS", "WORKER", "ELAPSED", "EXIT", "PARAMS", "RESULT", "REASON"]
         let cells = rows.map { row in
             [row.id, row.state, String(row.attempts), row.worker ?? "", row.elapsed.map { "\($0)s" } ?? "",
              row.exit == .null ? "" : JSONWriting.encode(row.exit), JSONWriting.encode(row.params),
-             row.result == .null ? "" : String(JSONWriting.encode(row.result).prefix(60))]
+             row.result == .null ? "" : String(JSONWriting.encode(row.result).prefix(60)), row.reason ?? ""]
         }
         let widths = header.indices.map { column in ([header] + cells).map { $0[column].count }.max()! }
         for line in [header] + cells {

@@ -15,9 +15,12 @@ public struct TaskFiles: Equatable, Sendable {
         public var end: AttemptEnd?
         /// A straggler copy of this attempt runs (`attempt_N.copy` exists).
         public var copied: Bool
+        /// This claim took the task back from the previous attempt, whose lease had expired (the
+        /// claim's `takeover`): one lease expiry of the task.
+        public var takeover: Bool
 
         public init(attempt: Int, holder: String, host: String, heartbeat: Int64, holderGone: Bool = false,
-                    end: AttemptEnd? = nil, copied: Bool = false) {
+                    end: AttemptEnd? = nil, copied: Bool = false, takeover: Bool = false) {
             self.attempt = attempt
             self.holder = holder
             self.host = host
@@ -25,6 +28,7 @@ public struct TaskFiles: Equatable, Sendable {
             self.holderGone = holderGone
             self.end = end
             self.copied = copied
+            self.takeover = takeover
         }
     }
 
@@ -56,6 +60,9 @@ public struct TaskFiles: Equatable, Sendable {
 
     /// The latest attempt's claim.
     public var latest: Claim? { claims.last }
+
+    /// Leases of the task taken back so far (count against `--max-lease-expiries`).
+    public var expiries: Int { claims.filter(\.takeover).count }
 
     /// Attempts that failed (and count against `--max-attempts`).
     public var failures: Int {

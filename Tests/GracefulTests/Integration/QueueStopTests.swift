@@ -129,8 +129,8 @@ import Testing
         let lines = table.stdout.split(separator: "\n").map(String.init)
         #expect(lines.first == "queue sweep: 2 tasks: 1 pending, 1 running, 0 finished, 0 failed", "\(table.stdout)")
         #expect(lines.dropFirst().first?.split(separator: " ", omittingEmptySubsequences: true)
-            == ["TASK", "STATE", "ATTEMPTS", "WORKER", "ELAPSED", "EXIT", "PARAMS", "RESULT"], "\(table.stdout)")
-        // TASK STATE ATTEMPTS WORKER ELAPSED, no EXIT, PARAMS {"n": "1"} (two words), no RESULT.
+            == ["TASK", "STATE", "ATTEMPTS", "WORKER", "ELAPSED", "EXIT", "PARAMS", "RESULT", "REASON"], "\(table.stdout)")
+        // TASK STATE ATTEMPTS WORKER ELAPSED, no EXIT, PARAMS {"n": "1"} (two words), no RESULT, no REASON.
         let running = lines.first { $0.hasPrefix("task-000") }?.split(separator: " ", omittingEmptySubsequences: true).map(String.init) ?? []
         #expect(running.count == 7 && running[1] == "running" && running[2] == "1" && running[3] == worker, "\(table.stdout)")
         #expect(running.count == 7 && running[4].hasSuffix("s") && Int(running[4].dropLast()) != nil, "\(table.stdout)")
@@ -138,7 +138,7 @@ import Testing
 
         let (text, rows, top) = try statusJSON(directory)
         #expect(Array(top.keys) == ["tasks"])
-        let keys: Set<String> = ["id", "params", "state", "attempts", "result", "exit", "worker", "host", "elapsed"]
+        let keys: Set<String> = ["id", "params", "state", "attempts", "result", "exit", "reason", "worker", "host", "elapsed"]
         #expect(rows.count == 2 && rows.allSatisfy { Set($0.keys) == keys }, "\(text)")
         let row = rows.first ?? [:]
         #expect(row["id"] as? String == "task-000" && row["state"] as? String == "running" && row["attempts"] as? Int == 1)
@@ -148,8 +148,8 @@ import Testing
         let elapsed = row["elapsed"] as? Int
         #expect(elapsed != nil && elapsed! >= 0 && elapsed! <= Int(time(nil) - started) + 1, "\(text)")
         // The text itself: one task a line, keys in this order; a pending task's row, byte for byte.
-        #expect(text.hasPrefix("{\"tasks\": [\n  {\"id\": \"task-000\", \"params\": {\"n\": \"1\"}, \"state\": \"running\", \"attempts\": 1, \"result\": null, \"exit\": null, \"worker\": \"\(worker)\", \"host\": \"statushost\", \"elapsed\": "), "\(text)")
-        #expect(text.hasSuffix(",\n  {\"id\": \"task-001\", \"params\": {\"n\": \"2\"}, \"state\": \"pending\", \"attempts\": 0, \"result\": null, \"exit\": null, \"worker\": null, \"host\": null, \"elapsed\": null}\n]}\n"), "\(text)")
+        #expect(text.hasPrefix("{\"tasks\": [\n  {\"id\": \"task-000\", \"params\": {\"n\": \"1\"}, \"state\": \"running\", \"attempts\": 1, \"result\": null, \"exit\": null, \"reason\": null, \"worker\": \"\(worker)\", \"host\": \"statushost\", \"elapsed\": "), "\(text)")
+        #expect(text.hasSuffix(",\n  {\"id\": \"task-001\", \"params\": {\"n\": \"2\"}, \"state\": \"pending\", \"attempts\": 0, \"result\": null, \"exit\": null, \"reason\": null, \"worker\": null, \"host\": null, \"elapsed\": null}\n]}\n"), "\(text)")
 
         run.signal(SIGINT)
         #expect(try run.waitForExit() == 130, "\(run.output)")

@@ -13,6 +13,7 @@ import Testing
           hang) exec sleep 300 ;;
           slow) case "$GRACEFUL_RUN_DIR" in *.copy) ;; *) exec sleep 300 ;; esac ;;
           sleep) sleep 1 ;;
+          killworker) kill -9 "$(sed -n 's/.*"pid": \\([0-9]*\\).*/\\1/p' "${GRACEFUL_TASK_RESULT%.result}.claim")"; exit 0 ;;
         esac
         printf '{"task": "%s", "n": %s}\\n' "$GRACEFUL_TASK_ID" "$2" > "$GRACEFUL_TASK_RESULT"
 
@@ -79,7 +80,9 @@ import Testing
         #expect(tasks["task-001"]?["state"] as? String == "failed")
         // The exit status is the attempt's graceful run's: 1, a rank failed.
         #expect(tasks["task-001"]?["exit"] as? Int == 1)
+        #expect(tasks["task-001"]?["reason"] as? String == "all 3 attempts failed (the last: exit 1)", "\(tasks["task-001"] ?? [:])")
         #expect(tasks["task-002"]?["state"] as? String == "failed")
+        #expect(tasks["task-002"]?["reason"] as? String == "all 3 attempts failed (the last: timed out)", "\(tasks["task-002"] ?? [:])")
         #expect(tasks["task-003"]?["state"] as? String == "finished")
         let outcome = directory.read("sweep/tasks/task-001/outcome.json") ?? ""
         #expect(outcome.contains("this task always fails"), "the failed task's outcome keeps its log tail")
@@ -112,6 +115,42 @@ import Testing
         let tasks = try status(directory)
         #expect(tasks.allSatisfy { $0["state"] as? String == "finished" })
         #expect(outcomeFiles(directory) == 6)
+    }
+
+    /// A task that kills the `queue run` running it (its claim names the pid) every time: the next
+    /// run, on the same host, sees the holder gone and takes the task back, until the lease has
+    /// expired `--max-lease-expiries` times; then the task is failed, not run again, and the queue
+    /// goes on.
+    @Test func aTaskThatKillsItsWorkerEveryTimeIsFailedAfterMaxLeaseExpiries() throws {
+        let directory = try prepare()
+        let arguments = [Launched.graceful, "queue", "run", "sweep", "--grid", "mode=killworker,ok", "--max-lease-expiries", "2",
+                         "--", "./task.sh", "{mode}", "1"]
+        var runs: [Launched] = []
+        var exits: [Int32] = []
+        while exits.count < 4 && exits.last.map({ $0 == 128 + SIGKILL }) ?? true {
+            let run = try Launched(arguments, in: directory.path)
+            exits.append(try run.waitForExit())
+            runs.append(run)
+        }
+        #expect(exits == [128 + SIGKILL, 128 + SIGKILL, 1], "\(runs.map(\.output))")
+        #expect(runs[1].output.contains("task-000: the lease of attempt 1 ("), "\(runs[1].output)")
+        #expect(runs[1].output.contains("taking it back (1 of 2 lease expiries)"), "\(runs[1].output)")
+        let last = runs[runs.count - 1]
+        #expect(!last.output.contains("task-000 started"), "\(last.output)")
+        #expect(last.output.contains("task-000 failed: its lease expired 2 times"), "\(last.output)")
+        // The takeover is in the claim that made it; the outcome says why, and counts the expiries.
+        let claims = ((try? FileManager.default.contentsOfDirectory(atPath: directory.file("sweep/tasks/task-000"))) ?? [])
+            .filter { $0.hasSuffix(".claim") }
+        #expect(claims.contains { directory.read("sweep/tasks/task-000/\($0)")?.contains("\"takeover\": ") == true }, "\(claims)")
+        let outcome = (try? JSONSerialization.jsonObject(with: Data((directory.read("sweep/tasks/task-000/outcome.json") ?? "").utf8))) as? [String: Any]
+        #expect(outcome?["state"] as? String == "failed" && outcome?["expired"] as? Int == 2, "\(outcome ?? [:])")
+        #expect(outcome?["attempts"] as? Int == claims.count, "\(outcome ?? [:]) \(claims)")
+        let tasks = Dictionary(uniqueKeysWithValues: try status(directory).map { ($0["id"] as! String, $0) })
+        #expect(tasks["task-000"]?["state"] as? String == "failed")
+        #expect((tasks["task-000"]?["reason"] as? String)?.hasPrefix("its lease expired 2 times: the worker running it died") == true,
+                "\(tasks["task-000"] ?? [:])")
+        #expect(tasks["task-001"]?["state"] as? String == "finished" && tasks["task-001"]?["reason"] is NSNull)
+        #expect(waitUntilNoProcess(workingIn: directory.path).isEmpty)
     }
 
     @Test func ctrlCPutsEveryRunningTaskBackAndTheNextRunResumesItBitForBit() throws {

@@ -45,7 +45,34 @@ import Testing
         #expect(scheduler.next([TaskFiles(id: "a", claims: [failed, released])], at: .seconds(52), runningHere: []) == .claim(task: "a", attempt: 3, takeover: nil))
         var second = failed
         second.attempt = 3
-        #expect(scheduler.next([TaskFiles(id: "a", claims: [failed, released, second])], at: .seconds(53), runningHere: []) == .fail(task: "a", attempts: 2))
+        #expect(scheduler.next([TaskFiles(id: "a", claims: [failed, released, second])], at: .seconds(53), runningHere: []) == .fail(task: "a", reason: .attemptsFailed(2)))
+    }
+
+    @Test func aLeaseExpiringMaxLeaseExpiriesTimesFailsTheTaskInsteadOfTakingItBackAgain() {
+        var bounded = policy
+        bounded.maxLeaseExpiries = 3
+        var scheduler = QueueScheduler(policy: bounded)
+        // Each holder died on this host: taken back at once. A failure and a put-back do not count.
+        let first = TaskFiles.Claim(attempt: 1, holder: "me/1/w0", host: "me", heartbeat: 1, holderGone: true)
+        #expect(scheduler.next([TaskFiles(id: "a", claims: [first])], at: .seconds(1), runningHere: []) == .claim(task: "a", attempt: 2, takeover: first))
+        let failed = TaskFiles.Claim(attempt: 1, holder: "me/1/w0", host: "me", heartbeat: 1, end: .failed(exit: 1))
+        let released = TaskFiles.Claim(attempt: 2, holder: "me/2/w0", host: "me", heartbeat: 1, end: .released)
+        let second = TaskFiles.Claim(attempt: 3, holder: "me/3/w0", host: "me", heartbeat: 1, holderGone: true, takeover: true)
+        #expect(scheduler.next([TaskFiles(id: "a", claims: [failed, released, second])], at: .seconds(2), runningHere: [])
+            == .claim(task: "a", attempt: 4, takeover: second))
+        // The third expiry: two takeovers before it.
+        var third = second
+        third.attempt = 4
+        let claims = [failed, released, second, third]
+        #expect(scheduler.next([TaskFiles(id: "a", claims: claims)], at: .seconds(3), runningHere: [])
+            == .fail(task: "a", reason: .leaseExpired(times: 3, last: third)))
+        // Not while a copy of it runs here: that copy may still finish it.
+        #expect(scheduler.next([TaskFiles(id: "a", claims: claims)], at: .seconds(3), runningHere: ["a"]) == .wait(until: nil))
+        // A lease that has not expired (its heartbeat first seen at 3 s, lease 10 s) is no expiry.
+        var live = third
+        live.holderGone = false
+        #expect(scheduler.next([TaskFiles(id: "a", claims: [failed, released, second, live])], at: .seconds(4), runningHere: [])
+            == .wait(until: .seconds(13)))
     }
 
     @Test func stragglerCopiesTheLongestRunningTaskOnlyWhenNothingIsPending() {
