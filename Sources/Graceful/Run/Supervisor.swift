@@ -432,7 +432,17 @@ public final class Supervisor {
             } catch {
                 throw .system(SystemError("epoll_wait"))
             }
-            for event in events where ClusterSession.isSessionToken(event.token) { session.handle(token: event.token, now: clock()) }
+            var controlFileChanged = false
+            for event in events {
+                if ClusterSession.isSessionToken(event.token) { session.handle(token: event.token, now: clock()) }
+                // Read, or epoll reports the watch ready at once, forever.
+                if event.token == Token.controlFile { controlFileChanged = watcher.drainEvents() || controlFileChanged }
+            }
+            if controlFileChanged && watcher.evaluate(warn: console.report) {
+                // Nothing was launched: as when the file requests the exit before the start.
+                session.drain(milliseconds: 200)
+                throw .controlFileRequestsExit(path: configuration.controlFile)
+            }
             for signal in signals.drain() where signals.stopSignals.contains(signal) || SignalPipe.quitSignals.contains(signal) {
                 session.drain(milliseconds: 200)
                 throw .stoppedBeforeLaunch(signal)

@@ -666,6 +666,40 @@ import Testing
 
     // MARK: - Rendezvous timing
 
+    /// CPU time (user + system, clock ticks) of process `pid` so far.
+    static func cpuTicks(_ pid: pid_t) -> Int? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state (0), ..., utime (11), stime (12).
+        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return nil }
+        return user + system
+    }
+
+    /// A node waiting at the rendezvous reads its control file's events: an edit that asks for nothing
+    /// leaves it waiting (without spinning on the unread event), one that requests the exit ends it
+    /// as before a start (exit 75), with nothing launched.
+    @Test func aControlFileFlipDuringTheRendezvousEndsTheNodeWithNothingLaunched() throws {
+        let job = try Job()
+        defer { job.cleanUp() }
+        try job.directory.write("ctl0.json", "{\"GracefulExit\": 0}\n")
+        let leader = try job.start(node: 0, nodes: 2)
+        try leader.waitFor("leader: waiting for 1 node(s)")
+        try job.directory.replace("ctl0.json", with: "{\"GracefulExit\": 0, \"note\": \"edited\"}\n")
+        let before = try #require(Self.cpuTicks(leader.pid))
+        let ticksPerSecond = Int(sysconf(Int32(_SC_CLK_TCK)))
+        // Two seconds of waiting: a loop spinning on the unread event would use about two seconds of CPU.
+        var waited = pollfd(fd: -1, events: 0, revents: 0)
+        _ = poll(&waited, 0, 2000)
+        let used = try #require(Self.cpuTicks(leader.pid)) - before
+        #expect(used < ticksPerSecond / 2, "the waiting leader used \(used) ticks of CPU in 2 s")
+        #expect(leader.status == nil, "\(leader.output)")
+        try job.directory.replace("ctl0.json", with: "{\"GracefulExit\": 1}\n")
+        #expect(try leader.waitForExit(timeout: 30) == 75, "\(leader.output)")
+        #expect(leader.stderr.contains("already requests an exit"), "\(leader.stderr)")
+        #expect(job.rankLogsWithContent().isEmpty)
+    }
+
     /// Followers started before their leader wait for it and join; a follower whose leader never comes
     /// gives up after --rdzv-timeout, exit 78, having launched nothing.
     @Test func followersWaitForALateLeaderButNotForever() throws {
