@@ -107,6 +107,9 @@ public struct ClusterLeader: Sendable {
     public private(set) var world: ClusterWorld
     /// A rank failed or a node was lost: no round can complete any more.
     public private(set) var failed = false
+    /// Why the job failed, the first reason: the leader's own node may have finished well, the job
+    /// has not (its exit is 1, and its record is not marked completed).
+    public private(set) var failure: String?
     public private(set) var stopTrigger: Trigger?
     var round: Round?
     private var nextRoundID = 1
@@ -163,7 +166,9 @@ public struct ClusterLeader: Sendable {
         switch phase {
         case .gathering: break
         case .restarting(let restart, _): return rejoined(join, restart: restart, now: now)
-        case .running: return [.report(.lateJoin(node: join.node, host: join.host)), .refuseJoin(ClusterReport.launchedWithout(join))]
+        case .running:
+            let refusal = living.contains(join.node) ? ClusterReport.stillHeld(join, by: joins[join.node]?.host ?? "?") : ClusterReport.launchedWithout(join)
+            return [.report(.lateJoin(node: join.node, host: join.host)), .refuseJoin(refusal)]
         case .aborted: return [.report(.lateJoin(node: join.node, host: join.host))]
         }
         if let problem = disagreement(join) { return abort(problem) }
@@ -273,6 +278,7 @@ public struct ClusterLeader: Sendable {
         ready = []
         round = nil
         failed = false
+        failure = nil
         stopSignals = [:]
         world.restart = restarts
         if let every = policy.checkpointEvery { nextCheckpointAt = now + every }
@@ -284,6 +290,7 @@ public struct ClusterLeader: Sendable {
     private mutating func abandonRestart(_ reason: String) -> [Action] {
         phase = .running
         failed = true
+        failure = failure ?? reason
         let rejoined = ready.subtracting(living)
         ready = []
         return [.report(.jobFailed(reason))] + living.sorted().map { .send(node: $0, .nodeFailed(reason)) }
@@ -553,6 +560,7 @@ public struct ClusterLeader: Sendable {
     private mutating func failJob(_ reason: String, except origin: Int, now: Instant) -> [Action] {
         if stopTrigger == nil, !failed, finished.isEmpty, restarts < policy.maxRestarts { return startRestart(reason, now: now) }
         failed = true
+        failure = failure ?? reason
         var actions: [Action] = [.report(.jobFailed(reason))]
         if let current = round, !current.failed, !current.commitAsked {
             round?.failed = true
@@ -591,6 +599,11 @@ public enum ClusterReport: Equatable, Sendable, CustomStringConvertible {
         "the job was launched without node \(join.node) (\(join.host)); it cannot join now"
     }
 
+    /// Why a join for a node rank the leader still counts as running is refused.
+    static func stillHeld(_ join: ClusterJoin, by holder: String) -> String {
+        "node rank \(join.node) is still held by \(holder) in the running job (a silent node counts as gone after --heartbeat-timeout); \(join.host) may join once the leader restarts the job"
+    }
+
     public var description: String {
         switch self {
         case .joined(let node, let host, let waiting):
@@ -625,9 +638,11 @@ public enum ClusterReport: Equatable, Sendable, CustomStringConvertible {
         case .restarting(let restart, let maxRestarts, let reason):
             return "error: leader: \(reason); restarting every node from the last commit (restart \(restart) of \(maxRestarts))"
         case .cleared(let node, let restart, let waiting):
-            return "leader: node \(node) cleared its ranks for restart \(restart); waiting for \(waiting) more"
+            return waiting == 0 ? "leader: node \(node) cleared its ranks for restart \(restart); every node is ready"
+                : "leader: node \(node) cleared its ranks for restart \(restart); waiting for \(waiting) more"
         case .rejoined(let node, let host, let restart, let waiting):
-            return "leader: node \(node) (\(host)) joined again for restart \(restart); waiting for \(waiting) more"
+            return waiting == 0 ? "leader: node \(node) (\(host)) joined again for restart \(restart); every node is ready"
+                : "leader: node \(node) (\(host)) joined again for restart \(restart); waiting for \(waiting) more"
         case .rejoinRefused(let reason):
             return "warning: leader: a node joining the restart was refused: \(reason)"
         case .lostDuringRestart(let node, let restart, let reason):

@@ -94,6 +94,9 @@ final class ClusterSession {
     /// Whether every node of the job has finished or was lost (the leader waits for that).
     var allEnded: Bool { leader?.allEnded ?? true }
 
+    /// On the leader: why the job failed (a node lost, a rank failed), if it did.
+    var jobFailure: String? { leader?.failure }
+
     var nextDeadline: Instant {
         var earliest = Instant.seconds(Double(Int32.max))
         func consider(_ instant: Instant?) {

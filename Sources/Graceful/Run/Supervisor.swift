@@ -781,6 +781,10 @@ public final class Supervisor {
     /// pipes, reports, and resets the control file after a stop it asked for.
     private func finish() -> Int32 {
         var code = exitCode ?? ExitCode.systemError
+        // The leader's node may have finished its training while another node was lost: the job
+        // failed, and its record must not be marked completed. (A stop's exit code stands.)
+        let jobFailure = code == ExitCode.success && coordinator.stopTrigger == nil ? session?.jobFailure : nil
+        if jobFailure != nil { code = ExitCode.rankFailed }
         let leftoversOutlivedTheGrace = !awaitLeftovers()
         if leftoversOutlivedTheGrace && code == ExitCode.success && !coordinator.ranks.contains(where: \.speaksProtocol) {
             // Nothing was committed: a clean stop of plain ranks is one where everything they started
@@ -811,7 +815,9 @@ public final class Supervisor {
         lines.dropLast().forEach(console.report)
         if controlFileAskedToStop { resetControlFile() }
         if code == ExitCode.success && coordinator.stopTrigger == nil { markCompleted() }
-        if let failure = auxiliary?.lifecycle.failure, code == ExitCode.rankFailed, coordinator.firstFailure == nil {
+        if let jobFailure {
+            console.report("exit 1: \(jobFailure)")
+        } else if let failure = auxiliary?.lifecycle.failure, code == ExitCode.rankFailed, coordinator.firstFailure == nil {
             console.report("exit 1: \(failure)")
         } else if let elsewhere = coordinator.failedElsewhere, code == ExitCode.rankFailed, coordinator.firstFailure == nil {
             console.report("exit 1: \(elsewhere)")

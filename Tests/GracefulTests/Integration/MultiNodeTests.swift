@@ -387,6 +387,31 @@ import Testing
 
     // MARK: - IPv6
 
+    /// Nodes 0 and 2 finish their training while node 1's coordinator hangs, then dies: the job did
+    /// not complete. The leader exits 1 naming node 1, and its record is not marked completed, so
+    /// the next launch of every node resumes from it.
+    @Test func aFollowerLostAfterTheOthersFinishedFailsTheJob() throws {
+        let job = try Job()
+        defer {
+            for run in job.started where run.status == nil { kill(run.pid, SIGCONT) }
+            job.cleanUp()
+        }
+        let training = ["--steps", "300", "--step-time", "0.005", "--log-every", "50"]
+        let nodes = try job.startThree(options: ["--heartbeat-timeout", "60"], training: training)
+        try nodes[0].waitFor("[rank0]: step 50:")
+        nodes[0].signal(SIGUSR2)
+        for (node, run) in nodes.enumerated() { try run.waitFor("graceful[node \(node)]: committed step") }
+        nodes[1].signal(SIGSTOP)
+        #expect(try nodes[2].waitForExit(timeout: 60) == 0, "\(nodes[2].output)")
+        try nodes[0].waitFor("leader: node 0 finished (exit 0)")
+        nodes[1].signal(SIGKILL)
+        #expect(try nodes[0].waitForExit(timeout: 30) == 1, "\(nodes[0].output)")
+        #expect(nodes[0].stderr.contains("graceful[node 0]: exit 1: node 1 ("), "\(nodes[0].stderr)")
+        let record = try #require(job.record(node: 0), "the leader's record was moved away")
+        #expect(record.contains("\"completed\": null") || !record.contains("\"completed\""), "\(record)")
+        #expect(!nodes[0].stderr.contains("the run completed"), "\(nodes[0].stderr)")
+    }
+
     /// Whether this machine can bind IPv6 loopback (a kernel booted without IPv6 cannot).
     static let hasIPv6Loopback: Bool = {
         let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
