@@ -113,10 +113,12 @@ public enum CommandLineInterface {
 
         EXIT CODES:
           0    every rank exited 0, or a stop committed a consistent checkpoint
-          1    a rank failed while no stop was pending (after --max-restarts restarts)
+          1    a rank failed while no stop was pending (after --max-restarts restarts), or
+               with several nodes, a node failed or was lost, or the leader is gone
           2    a stop was requested but nothing could be committed
           64   usage error            65   unusable last_checkpoint.json
-          71   system error           73   run directory not writable
+          69   run directory in use   71   system error
+          73   run directory not writable
           75   the control file already requests an exit: nothing launched
           78   several nodes did not all join, or disagree: nothing launched
           126  command not executable 127  command not found

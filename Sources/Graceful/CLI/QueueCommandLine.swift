@@ -35,7 +35,7 @@ enum QueueCommandLine {
           --timeout <seconds>     Stop an attempt (gracefully, then kill) that runs longer; it
                                   counts as failed. (default: none)
           --max-memory <size>     Stop an attempt whose processes together use more resident
-                                  memory (bytes, or with K, M, G); it counts as failed.
+                                  memory (bytes, or with K, M, G, T); it counts as failed.
                                   (default: none)
           --stragglers on|off     When no task is pending, an idle worker runs a second copy of
                                   the task that has run longest; the first to finish wins.

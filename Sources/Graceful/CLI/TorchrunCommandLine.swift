@@ -13,8 +13,9 @@ enum TorchrunCommandLine {
         way, the same environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...).
         Unlike torchrun, a stop signal is not forwarded with a SIGKILL 30 s later: ranks using the
         client stop after the same step, save, and confirm, and graceful exits 0 once it committed
-        the checkpoint (torchrun exits 1); a failed gang restarts from the last commit. One node
-        only; no elastic rendezvous. See 'graceful run --help' for stops, signals and exit codes.
+        the checkpoint (torchrun exits 1); a failed gang restarts from the last commit. Several
+        nodes take one graceful torchrun each, with a fixed node count (no elastic rendezvous).
+        See 'graceful run --help' for stops, signals, several nodes and exit codes.
 
         USAGE: graceful torchrun [<options>] [--] <script> [<arguments> ...]
 
@@ -31,17 +32,20 @@ enum TorchrunCommandLine {
           --nnodes <n>            Nodes in the job, one graceful per node; N:N is N (an
                                   elastic MIN:MAX is refused). (default: 1)
           --node-rank <n>         This node's rank; node 0 leads. (default: 0)
-          --max-restarts <n>      Restart the whole gang from the last commit after a failure, up
-                                  to n times. (default: 0)
+          --max-restarts <n>      Restart the whole gang (every node's ranks) from the last commit
+                                  after a failure, up to n times. (default: 0)
           --rdzv-id <id>          The run id (TORCHELASTIC_RUN_ID, GRACEFUL_RUN_ID), unless
                                   --standalone, which takes a new one as torchrun does.
                                   (default: random)
           --master-addr <addr>    MASTER_ADDR, with the static rendezvous only, as in torchrun.
                                   (default: 127.0.0.1)
-          --master-port <port>    MASTER_PORT, likewise. (default: a free port, not 29500)
+          --master-port <port>    MASTER_PORT, likewise. (default: a free port on one node,
+                                  29500 with several)
           --rdzv-endpoint <host:port>
                                   With the static rendezvous, MASTER_ADDR and MASTER_PORT, as in
-                                  torchrun; otherwise harmless.
+                                  torchrun (graceful's leader at the port + 1); with another
+                                  backend and several nodes, graceful's leader, the ranks getting
+                                  its host and port + 1; otherwise harmless.
           -m, --module            Run the script as a module: 'python3 -u -m <script>'.
           --no-python             Run the script as a program, not under Python.
           --run-path              Run the script under Python (a fresh interpreter per rank, as
@@ -57,9 +61,9 @@ enum TorchrunCommandLine {
           --role <name>           default; other roles are not supported yet.
 
         OPTIONS (accepted, harmless):
-          --standalone            One node is all graceful runs.
+          --standalone            One node (refused with --nnodes above 1).
           --rdzv-backend <name>, --rdzv-conf <conf>, --local-addr <addr>
-                                  There is no rendezvous on one node. A backend other than static
+                                  graceful's own rendezvous serves every backend. One other than static
                                   (c10d, etcd, ...) leaves out --master-addr, --master-port and
                                   --rdzv-endpoint, as in torchrun.
           --monitor-interval <seconds>
