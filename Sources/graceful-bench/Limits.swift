@@ -155,22 +155,33 @@ struct RawFanOut {
         return RawFanOut(ranks: ranks, everyPeer: Summary(every), perPeer: Summary(each))
     }
 
-    /// Two ends of one TCP connection over 127.0.0.1, both close-on-exec and TCP_NODELAY.
-    static func loopbackPair() throws -> [Int32] {
-        let stream = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        let listener = socket(AF_INET, stream, 0)
-        guard listener >= 0 else { throw BenchError("socket failed") }
-        defer { close(listener) }
+    /// A close-on-exec TCP socket bound to a port the kernel picks on 127.0.0.1, and its address.
+    static func boundLoopbackSocket() throws -> (fd: Int32, address: sockaddr_in) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw BenchError("socket failed") }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let client = socket(AF_INET, stream, 0)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else {
+            close(fd)
+            throw BenchError("cannot bind a socket on 127.0.0.1")
+        }
+        return (fd, address)
+    }
+
+    /// Two ends of one TCP connection over 127.0.0.1, both close-on-exec and TCP_NODELAY.
+    static func loopbackPair() throws -> [Int32] {
+        var (listener, address) = try boundLoopbackSocket()
+        defer { close(listener) }
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard client >= 0 else { throw BenchError("socket failed") }
-        let connected = withUnsafeMutablePointer(to: &address) {
+        let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(listener, pointer, length) == 0 && getsockname(listener, pointer, &length) == 0
-                    && listen(listener, 1) == 0 && connect(client, pointer, length) == 0
+                listen(listener, 1) == 0 && connect(client, pointer, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }
         }
         // This process is single-threaded: nothing can spawn between accept and fcntl.

@@ -85,20 +85,10 @@ final class MultiNodeJob {
     /// A master port P whose P + 1, where the leader listens, is free now: the port the kernel picks
     /// for a socket bound to port 0, less one.
     static func freeMasterPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw BenchError("socket failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
-            }
-        }
+        let (fd, address) = try RawFanOut.boundLoopbackSocket()
+        close(fd)
         let port = Int(UInt16(bigEndian: address.sin_port))
-        guard bound, port > 1024 else { throw BenchError("no free port on 127.0.0.1") }
+        guard port > 1024 else { throw BenchError("no free port on 127.0.0.1") }
         return port - 1
     }
 
