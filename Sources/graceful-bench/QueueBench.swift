@@ -4,7 +4,7 @@ import Glibc
 /// `graceful queue` through one host, its queue on this machine's disk (the workspace, under /tmp):
 /// trivial tasks (`/bin/true`) per second with 1, 2 and 8 workers, and the CPU each task costs
 /// (`queue run`, its `graceful run`s, their guards and the task, from the rusage of the reaped
-/// tree); the file operations of one claim and of one outcome, timed here; and what `queue run`
+/// tree); the file operations of one claim and of one outcome, timed here first; and what `queue run`
 /// costs while one long task runs (its heartbeats, control-file checks and deadline checks), in
 /// CPU % from schedstat as the coordinator's footprint is measured (`Footprint.swift`).
 struct QueueBench {
@@ -69,13 +69,21 @@ struct QueueBench {
     }
 
     static func measure(_ workspace: Workspace, _ options: Options) throws -> QueueBench {
+        // Every directory of this part is kept until its end: ext4 without a journal skips the inodes
+        // freed in the last 60 s (300 s while their table block is dirty) at every allocation, so
+        // removing one case's thousands of files slowed every file the next case created. The file
+        // operations come first, as a reading of the disk's state before the queue writes to it.
+        var made: [String] = []
+        defer { made.forEach(workspace.remove) }
+        progress("queue: claim and outcome file operations")
+        made.append(try workspace.directory("queue-files"))
+        let (claim, outcome) = try measureFileOperations(in: made[0], samples: options.queueFileSamples)
         var throughput: [Throughput] = []
         for workers in options.queueWorkers {
             progress("queue: \(options.queueTasks) trivial tasks, \(workers) worker\(workers == 1 ? "" : "s")")
-            throughput.append(try measureThroughput(workspace, tasks: options.queueTasks, workers: workers))
+            made.append(try workspace.directory("queue-throughput-\(workers)"))
+            throughput.append(try measureThroughput(in: made[made.count - 1], workspace, tasks: options.queueTasks, workers: workers))
         }
-        progress("queue: claim and outcome file operations")
-        let (claim, outcome) = try measureFileOperations(workspace, samples: options.queueFileSamples)
         var idle: [IdleCost] = []
         for lease in [30.0, 3.0] {
             progress("queue: queue run while one long task runs, --lease \(Int(lease)), \(options.idleSeconds) s")
@@ -84,8 +92,7 @@ struct QueueBench {
         return QueueBench(throughput: throughput, claim: claim, outcome: outcome, idle: idle)
     }
 
-    private static func measureThroughput(_ workspace: Workspace, tasks: Int, workers: Int) throws -> Throughput {
-        let directory = try workspace.directory("queue-throughput-\(workers)")
+    private static func measureThroughput(in directory: String, _ workspace: Workspace, tasks: Int, workers: Int) throws -> Throughput {
         let arguments = [
             "queue", "run", directory + "/sweep", "--grid", "n=" + (1...tasks).map(String.init).joined(separator: ","),
             "--workers", "\(workers)", "--control-file", directory + "/graceful_exit.json", "--", "/bin/true",
@@ -99,7 +106,6 @@ struct QueueBench {
         }
         let seconds = Double(monotonicNow() - started) / 1e9
         let cpu = childrenCPUSeconds() - before
-        workspace.remove(directory)
         return Throughput(workers: workers, tasks: tasks, seconds: seconds, cpuSeconds: cpu, exitCode: code)
     }
 
@@ -115,8 +121,7 @@ struct QueueBench {
     /// queue makes them: a claim is a `stat` (is it taken?), the task directory ensured (one `mkdir`
     /// finding it), a temporary written and closed, linked to the claim's name, unlinked; an outcome
     /// is the same with the temporary fsynced before the link and the directory after it.
-    private static func measureFileOperations(_ workspace: Workspace, samples: Int) throws -> (Summary, Summary) {
-        let directory = try workspace.directory("queue-files")
+    private static func measureFileOperations(in directory: String, samples: Int) throws -> (Summary, Summary) {
         for index in 0..<samples {
             guard mkdir("\(directory)/task-\(index)", 0o755) == 0 else { throw BenchError("mkdir in \(directory) failed") }
         }
@@ -133,7 +138,6 @@ struct QueueBench {
             try linkFile(content, at: task + "/outcome.json", in: task, fsynced: true)
             outcomes.append(Double(monotonicNow() - started) / 1e3)
         }
-        workspace.remove(directory)
         return (Summary(claims), Summary(outcomes))
     }
 
@@ -208,7 +212,7 @@ struct QueueBench {
         out.append("  CPU: queue run and everything below it (graceful run, its guard, the task), from rusage;")
         out.append("  CPU-bound: every processor of this machine on the queue alone, at that cost per task")
         out.append("")
-        out.append("queue: file operations (µs)")
+        out.append("queue: file operations (µs), measured before the tasks: the disk's state")
         out += tableColumns([
             ["", "p50", "p99", "max", "n"],
             ["claim (stat, mkdir found, temporary written and closed, link, unlink)", tableNumber(claim.p50), tableNumber(claim.p99), tableNumber(claim.max), "\(claim.count)"],

@@ -52,6 +52,24 @@ struct RunDirectoryLock {
         return held.st_dev == named.st_dev && held.st_ino == named.st_ino
     }
 
+    /// Whether the run can write its record, proved before any rank starts without creating a file:
+    /// a file made and removed by every launch frees an inode every launch, and ext4 without a
+    /// journal skips inodes freed in the last minute when it allocates one, so each file a queue
+    /// created was slower than the one before. A byte one block past the pid needs a new block (an
+    /// empty file can be created on a full filesystem, a block cannot) and is fsynced (quotas,
+    /// network filesystems), then cut off; the record's temporary also needs the directory writable.
+    func probeWriting(in directory: String) -> SystemError? {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return SystemError("cannot write in \(directory)") }
+        let length = info.st_size
+        let offset = max(off_t(info.st_blksize), 4096)
+        defer { _ = ftruncate(fd, length) }
+        if pwrite(fd, "\n", 1, offset) != 1 || fsync(fd) != 0 || access(directory, W_OK | X_OK) != 0 {
+            return SystemError("cannot write in \(directory)")
+        }
+        return nil
+    }
+
     /// Releases it for this process (the guard keeps its own reference until it exits).
     func release() {
         closeDescriptor(fd)

@@ -57,7 +57,7 @@ struct Preflight {
             }
         }
         do throws(RunFailure) {
-            try probeWriting(in: runDirectory)
+            if let failure = lock.probeWriting(in: runDirectory) { throw RunFailure.runDirectory(failure) }
             let recordPath = runDirectory + "/" + CommitRecord.fileName
             // Only now: a temporary of another live run's commit must never be removed.
             AtomicFile.removeTemporaries(of: recordPath)
@@ -116,18 +116,6 @@ struct Preflight {
             throw .token("the job token has \(token.count) byte(s); it needs at least \(ClusterOptions.minimumTokenLength)")
         }
         return token
-    }
-
-    /// Writes one byte: an empty file can be created on a full filesystem, a byte cannot.
-    private static func probeWriting(in directory: String) throws(RunFailure) {
-        let probe = directory + "/.graceful-write-test.\(getpid())"
-        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if fd < 0 { throw .runDirectory(SystemError("cannot write in \(directory)")) }
-        defer {
-            closeDescriptor(fd)
-            unlink(probe)
-        }
-        if !writeAll(fd, "\n") || fsync(fd) != 0 { throw .runDirectory(SystemError("cannot write in \(directory)")) }
     }
 
     private static func loadRecord(_ path: String) throws(RunFailure) -> CommitRecord? {

@@ -473,6 +473,37 @@ import Testing
         #expect(!run.output.contains("SIGBUS"), "a rank died of SIGBUS:\n\(run.output)")
     }
 
+    /// A full filesystem under a run directory used before: its lock is already there, and rewriting
+    /// the pid in it reuses the block it frees, so only a write that needs a new block tells. Expected:
+    /// 73 before any rank starts, the lock's pid still readable.
+    @Test(.enabled(if: HardeningTests.canMountTmpfs, "needs root: mounts a tiny tmpfs and fills it"))
+    func aFullFilesystemIsRefusedBeforeLaunchWhenTheLockIsAlreadyThere() throws {
+        let directory = try TemporaryDirectory()
+        let mountPoint = directory.file("full")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try #require(Self.runQuietly(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint]) == 0)
+        defer {
+            Self.killLeftovers(directory.path)
+            Self.runQuietly(["umount", "-l", mountPoint])
+            withExtendedLifetime(directory) {}
+        }
+        try FileManager.default.createDirectory(atPath: mountPoint + "/run", withIntermediateDirectories: true)
+        try "1\n".write(toFile: mountPoint + "/run/lock", atomically: false, encoding: .utf8)
+        let fill = open(mountPoint + "/fill", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        let page = [UInt8](repeating: 0x55, count: 4096)
+        while write(fill, page, page.count) > 0 {}
+        close(fill)
+        let run = try Launched(
+            [Self.graceful, "run", "-n", "1", "--run-dir", "full/run", "--", "touch", directory.file("started")],
+            in: directory.path)
+        let code = try run.waitForExit(timeout: 30)
+        #expect(code == 73, "exit \(code):\n\(run.output)")
+        #expect(run.output.contains("cannot write in"), "\(run.output)")
+        #expect(!FileManager.default.fileExists(atPath: directory.file("started")), "a rank started")
+        let lock = try String(contentsOfFile: mountPoint + "/run/lock", encoding: .utf8)
+        #expect(lock.hasSuffix("\n") && Int32(lock.dropLast()) != nil, "the lock holds \(lock.debugDescription)")
+    }
+
     /// Defect: the doorbell file truncated under a running job makes every access to its mapping raise
     /// SIGBUS (coordinator and ranks). Expected: the ranks keep working and the stop commits.
     @Test func truncatingEveryFileOfTheRunDirectoryDuringARunChangesNothing() throws {
