@@ -218,6 +218,8 @@ struct QueueBench {
             ["claim (stat, mkdir found, temporary written and closed, link, unlink)", tableNumber(claim.p50), tableNumber(claim.p99), tableNumber(claim.max), "\(claim.count)"],
             ["outcome (the same, temporary and directory fsynced)", tableNumber(outcome.p50), tableNumber(outcome.p99), tableNumber(outcome.max), "\(outcome.count)"],
         ])
+        out.append("  a slow claim means slow file creation now, and fewer tasks/s: on ext4 without a journal, after")
+        out.append("  many files were removed in the last minutes (docs/BENCHMARKS.md, \"The disk's state decides the figure\")")
         out.append("")
         out.append("queue: queue run while one long task runs (heartbeats, control-file and deadline checks)")
         var idleRows = [["lease s", "heartbeat s", "seconds", "CPU ms", "CPU % (schedstat)"]]
