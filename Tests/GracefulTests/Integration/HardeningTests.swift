@@ -445,21 +445,10 @@ import Testing
     /// raises SIGBUS in the coordinator (or a rank). Expected: a clear refusal (73) or a run, never SIGBUS.
     @Test(.enabled(if: HardeningTests.canMountTmpfs, "needs root: mounts a tiny tmpfs and fills it"))
     func aFullFilesystemUnderTheRunDirectoryNeverKillsWithSigbus() throws {
-        let directory = try TemporaryDirectory()
-        let mountPoint = directory.file("full")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try #require(Self.runQuietly(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint]) == 0)
-        defer {
-            Self.killLeftovers(directory.path)
-            Self.runQuietly(["umount", "-l", mountPoint])
-            withExtendedLifetime(directory) {}
-        }
-        try FileManager.default.createDirectory(atPath: mountPoint + "/run", withIntermediateDirectories: true)
-        let fill = open(mountPoint + "/fill", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-        let page = [UInt8](repeating: 0x55, count: 4096)
-        while write(fill, page, page.count) > 0 {}
-        while write(fill, page, 1) > 0 {}
-        close(fill)
+        let full = try FullTmpfs()
+        defer { withExtendedLifetime(full) {} }
+        let directory = full.directory
+        full.fill()
         let run = try Launched(
             [Self.graceful, "run", "-n", "2", "--run-dir", "full/run", "--grace", "3", "--kill-after", "1",
              "--", "python3", Self.soakRank],
@@ -478,21 +467,11 @@ import Testing
     /// 73 before any rank starts, the lock's pid still readable.
     @Test(.enabled(if: HardeningTests.canMountTmpfs, "needs root: mounts a tiny tmpfs and fills it"))
     func aFullFilesystemIsRefusedBeforeLaunchWhenTheLockIsAlreadyThere() throws {
-        let directory = try TemporaryDirectory()
-        let mountPoint = directory.file("full")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try #require(Self.runQuietly(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint]) == 0)
-        defer {
-            Self.killLeftovers(directory.path)
-            Self.runQuietly(["umount", "-l", mountPoint])
-            withExtendedLifetime(directory) {}
-        }
-        try FileManager.default.createDirectory(atPath: mountPoint + "/run", withIntermediateDirectories: true)
+        let full = try FullTmpfs()
+        defer { withExtendedLifetime(full) {} }
+        let (directory, mountPoint) = (full.directory, full.mountPoint)
         try "1\n".write(toFile: mountPoint + "/run/lock", atomically: false, encoding: .utf8)
-        let fill = open(mountPoint + "/fill", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-        let page = [UInt8](repeating: 0x55, count: 4096)
-        while write(fill, page, page.count) > 0 {}
-        close(fill)
+        full.fill()
         let run = try Launched(
             [Self.graceful, "run", "-n", "1", "--run-dir", "full/run", "--", "touch", directory.file("started")],
             in: directory.path)
@@ -502,6 +481,35 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: directory.file("started")), "a rank started")
         let lock = try String(contentsOfFile: mountPoint + "/run/lock", encoding: .utf8)
         #expect(lock.hasSuffix("\n") && Int32(lock.dropLast()) != nil, "the lock holds \(lock.debugDescription)")
+    }
+
+    /// A 64 KiB tmpfs mounted at `full/` of a temporary directory, with `full/run/` in it; when it
+    /// goes, the processes working in the directory are killed and it is unmounted.
+    final class FullTmpfs {
+        let directory: TemporaryDirectory
+        let mountPoint: String
+
+        init() throws {
+            directory = try TemporaryDirectory()
+            mountPoint = directory.file("full")
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+            try #require(HardeningTests.runQuietly(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint]) == 0)
+            try FileManager.default.createDirectory(atPath: mountPoint + "/run", withIntermediateDirectories: true)
+        }
+
+        /// Fills it to the last byte.
+        func fill() {
+            let fd = open(mountPoint + "/fill", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            let page = [UInt8](repeating: 0x55, count: 4096)
+            while write(fd, page, page.count) > 0 {}
+            while write(fd, page, 1) > 0 {}
+            close(fd)
+        }
+
+        deinit {
+            HardeningTests.killLeftovers(directory.path)
+            HardeningTests.runQuietly(["umount", "-l", mountPoint])
+        }
     }
 
     /// Defect: the doorbell file truncated under a running job makes every access to its mapping raise
