@@ -58,11 +58,12 @@ struct RunDirectoryLock {
     /// created was slower than the one before. A byte one block past the pid needs a new block (an
     /// empty file can be created on a full filesystem, a block cannot) and is fsynced (quotas,
     /// network filesystems), then cut off; the record's temporary also needs the directory writable.
+    /// The offset is capped: a filesystem without sparse files writes zeros up to it.
     func probeWriting(in directory: String) -> SystemError? {
         var info = stat()
         guard fstat(fd, &info) == 0 else { return SystemError("cannot write in \(directory)") }
         let length = info.st_size
-        let offset = max(off_t(info.st_blksize), 4096)
+        let offset = min(max(off_t(info.st_blksize), 4096), 1 << 20)
         defer { _ = ftruncate(fd, length) }
         if pwrite(fd, "\n", 1, offset) != 1 || fsync(fd) != 0 || access(directory, W_OK | X_OK) != 0 {
             return SystemError("cannot write in \(directory)")
