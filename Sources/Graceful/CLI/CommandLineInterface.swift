@@ -86,7 +86,7 @@ public enum CommandLineInterface {
                                   step's first node in a multi-node Slurm step)
                                   Also --master_addr.
           --master-port <port>    MASTER_PORT for the ranks. (default: a free port; 29500 with
-                                  several nodes, 29500 + (job id % 10000) * 2 in a Slurm step)
+                                  several nodes, 20000 + (job id % 6000) * 2 in a Slurm step)
                                   Also --master_port.
           --run-id <id>           The run id (GRACEFUL_RUN_ID, TORCHELASTIC_RUN_ID).
                                   (default: random) Also --rdzv-id, --rdzv_id.
@@ -357,8 +357,10 @@ public enum CommandLineInterface {
         configuration.policy = policy
     }
 
-    /// 29500 for job 0, then two ports per job (the master's and the rendezvous'), in 29500...49499.
-    static func slurmMasterPort(jobID: Int) -> Int { 29500 + (jobID % 10000) * 2 }
+    /// Two ports per job (the master's and the rendezvous'), in 20000...31999: below Linux's
+    /// ephemeral ports (32768-60999 by default), one of which any connection on the node may hold
+    /// when the ranks bind the master port.
+    static func slurmMasterPort(jobID: Int) -> Int { 20000 + (jobID % 6000) * 2 }
 
     /// A multi-node job needs its nodes' options to agree with each other and a secret; one node is
     /// a plain run.

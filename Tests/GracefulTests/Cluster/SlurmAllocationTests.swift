@@ -210,6 +210,22 @@ struct SlurmNodeAddressTests {
         return configuration
     }
 
+    /// A master port from the job id, the rendezvous on the next port, both below Linux's ephemeral
+    /// ports: one of those, held by any connection on the node, made the ranks' bind fail.
+    @Test func theMasterPortComesFromTheJobIdBelowTheEphemeralPorts() throws {
+        var environment = SlurmAllocationTests.step
+        environment["GRACEFUL_JOB_TOKEN"] = "0123456789abcdef0123456789abcdef"
+        var ports: [Int] = []
+        for job in [0, 1, 2, 5999, 6000, 7187, 123_456_789] {
+            environment["SLURM_JOB_ID"] = "\(job)"
+            let host = CommandLineInterface.Host(environment: environment, processors: 2, nvidiaDevices: 0)
+            let port = try #require(try configuration(host).masterPort)
+            #expect(port >= 20000 && port + 1 < 32768, "job \(job): \(port)")
+            ports.append(port)
+        }
+        #expect(ports == [20000, 20002, 20004, 31998, 20000, 22374, 21578])
+    }
+
     @Test func theLeadersNodeAddrWhenItsNameDoesNotResolve() throws {
         var environment = SlurmAllocationTests.step
         environment["GRACEFUL_JOB_TOKEN"] = "0123456789abcdef0123456789abcdef"
