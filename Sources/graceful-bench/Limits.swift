@@ -175,11 +175,11 @@ struct RawFanOut {
 
     /// Two ends of one TCP connection over 127.0.0.1, both close-on-exec and TCP_NODELAY.
     static func loopbackPair() throws -> [Int32] {
-        var (listener, address) = try boundLoopbackSocket()
+        let (listener, address) = try boundLoopbackSocket()
         defer { close(listener) }
         let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard client >= 0 else { throw BenchError("socket failed") }
-        let connected = withUnsafePointer(to: &address) {
+        let connected = withUnsafePointer(to: address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
                 listen(listener, 1) == 0 && connect(client, pointer, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }

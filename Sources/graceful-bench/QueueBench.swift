@@ -76,13 +76,15 @@ struct QueueBench {
         var made: [String] = []
         defer { made.forEach(workspace.remove) }
         progress("queue: claim and outcome file operations")
-        made.append(try workspace.directory("queue-files"))
-        let (claim, outcome) = try measureFileOperations(in: made[0], samples: options.queueFileSamples)
+        let files = try workspace.directory("queue-files")
+        made.append(files)
+        let (claim, outcome) = try measureFileOperations(in: files, samples: options.queueFileSamples)
         var throughput: [Throughput] = []
         for workers in options.queueWorkers {
             progress("queue: \(options.queueTasks) trivial tasks, \(workers) worker\(workers == 1 ? "" : "s")")
-            made.append(try workspace.directory("queue-throughput-\(workers)"))
-            throughput.append(try measureThroughput(in: made[made.count - 1], workspace, tasks: options.queueTasks, workers: workers))
+            let queue = try workspace.directory("queue-throughput-\(workers)")
+            made.append(queue)
+            throughput.append(try measureThroughput(in: queue, workspace, tasks: options.queueTasks, workers: workers))
         }
         var idle: [IdleCost] = []
         for lease in [30.0, 3.0] {

@@ -105,11 +105,11 @@ public struct ClusterLeader: Sendable {
     /// Nodes launched that have neither finished nor been lost.
     public private(set) var living: Set<Int> = []
     public private(set) var world: ClusterWorld
-    /// A rank failed or a node was lost: no round can complete any more.
-    public private(set) var failed = false
     /// Why the job failed, the first reason: the leader's own node may have finished well, the job
     /// has not (its exit is 1, and its record is not marked completed).
     public private(set) var failure: String?
+    /// A rank failed or a node was lost: no round can complete any more.
+    public var failed: Bool { failure != nil }
     public private(set) var stopTrigger: Trigger?
     var round: Round?
     private var nextRoundID = 1
@@ -277,7 +277,6 @@ public struct ClusterLeader: Sendable {
         living = Set(0..<nodeCount)
         ready = []
         round = nil
-        failed = false
         failure = nil
         stopSignals = [:]
         world.restart = restarts
@@ -289,7 +288,6 @@ public struct ClusterLeader: Sendable {
     /// nodes that joined again are refused.
     private mutating func abandonRestart(_ reason: String) -> [Action] {
         phase = .running
-        failed = true
         failure = failure ?? reason
         let rejoined = ready.subtracting(living)
         ready = []
@@ -559,7 +557,6 @@ public struct ClusterLeader: Sendable {
     /// node (`origin` too: it waits for this verdict) tears its ranks down.
     private mutating func failJob(_ reason: String, except origin: Int, now: Instant) -> [Action] {
         if stopTrigger == nil, !failed, finished.isEmpty, restarts < policy.maxRestarts { return startRestart(reason, now: now) }
-        failed = true
         failure = failure ?? reason
         var actions: [Action] = [.report(.jobFailed(reason))]
         if let current = round, !current.failed, !current.commitAsked {
