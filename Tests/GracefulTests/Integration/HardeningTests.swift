@@ -153,7 +153,14 @@ import Testing
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        for _ in 0..<200 {
+        // Any fork elsewhere (another test's) between setting ns_last_pid and ours takes the pid;
+        // while that process holds it, wait for it to go, within a bound.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if access("/proc/\(wanted)", F_OK) == 0 {
+                usleep(20_000)
+                continue
+            }
             let fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY)
             guard fd >= 0 else { return nil }
             let text = Array("\(wanted - 1)".utf8)
