@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <linux/aio_abi.h>
 #include <linux/futex.h>
 #include <limits.h>
 #include <sys/epoll.h>
@@ -638,6 +639,45 @@ long graceful_raise_nofile_limit(long *previous_soft) {
     return (long)limit.rlim_cur;
 }
 
+int graceful_batch_open(unsigned long *context) {
+    aio_context_t created = 0;
+    if (syscall(SYS_io_setup, GRACEFUL_BATCH_MAX, &created) != 0) return errno;
+    *context = created;
+    return 0;
+}
+
+void graceful_batch_close(unsigned long context) { syscall(SYS_io_destroy, (aio_context_t)context); }
+
+int graceful_write_batch(unsigned long context, const int *fds, const void *const *buffers,
+                         const size_t *lengths, long *results, int count) {
+    if (count < 1 || count > GRACEFUL_BATCH_MAX) return -EINVAL;
+    struct iocb blocks[GRACEFUL_BATCH_MAX];
+    struct iocb *pointers[GRACEFUL_BATCH_MAX];
+    memset(blocks, 0, sizeof(struct iocb) * (size_t)count);
+    for (int i = 0; i < count; i++) {
+        blocks[i].aio_data = (uint64_t)i;
+        blocks[i].aio_lio_opcode = IOCB_CMD_PWRITE;
+        blocks[i].aio_fildes = (uint32_t)fds[i];
+        blocks[i].aio_buf = (uint64_t)(uintptr_t)buffers[i];
+        blocks[i].aio_nbytes = lengths[i];
+        pointers[i] = &blocks[i];
+    }
+    long submitted = syscall(SYS_io_submit, (aio_context_t)context, (long)count, pointers);
+    if (submitted < 0) return -errno;
+    // A write to a non-blocking socket completes inside io_submit; this only collects the results.
+    struct io_event events[GRACEFUL_BATCH_MAX];
+    long collected = 0;
+    while (collected < submitted) {
+        long got = syscall(SYS_io_getevents, (aio_context_t)context, submitted - collected,
+                           submitted - collected, events + collected, NULL);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return -errno;
+        collected += got;
+    }
+    for (long i = 0; i < collected; i++) results[events[i].data] = (long)events[i].res;
+    return (int)submitted;
+}
+
 int graceful_free_tcp_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
@@ -749,8 +789,9 @@ uint32_t *graceful_doorbell_map_fd(int fd) {
     return page == MAP_FAILED ? NULL : page;
 }
 
-void graceful_doorbell_ring(uint32_t *word, uint32_t id) {
-    __atomic_store_n(word, id, __ATOMIC_SEQ_CST);
+void graceful_doorbell_store(uint32_t *word, uint32_t id) { __atomic_store_n(word, id, __ATOMIC_SEQ_CST); }
+
+void graceful_doorbell_wake(uint32_t *word) {
     // Shared (not FUTEX_PRIVATE): the waiters are in other processes. Without waiters it is cheap.
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }

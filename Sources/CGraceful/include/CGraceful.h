@@ -76,6 +76,23 @@ void graceful_ensure_stdio(void);
 /// Raises the soft limit of open files to the hard limit; returns the new soft limit and stores the
 /// previous one (for the ranks, which get the limit the coordinator was started with).
 long graceful_raise_nofile_limit(long *previous_soft);
+/// The most writes one `graceful_write_batch` takes.
+#define GRACEFUL_BATCH_MAX 64
+
+/// A Linux AIO context for `graceful_write_batch` (io_setup), holding up to GRACEFUL_BATCH_MAX
+/// writes. Returns 0 and stores it, or an errno value (ENOSYS, EPERM under a seccomp filter, EAGAIN
+/// at fs.aio-max-nr): the caller then writes one call per descriptor.
+int graceful_batch_open(unsigned long *context);
+/// Releases the context (io_destroy).
+void graceful_batch_close(unsigned long context);
+/// Writes `lengths[i]` bytes of `buffers[i]` to `fds[i]`, for i in 0..<count (at most
+/// GRACEFUL_BATCH_MAX), all in one system call (io_submit). Non-blocking sockets complete at once, so
+/// every receiver is woken before the caller can be preempted by any of them. Stores in `results[i]`
+/// the bytes written or a negative errno. Returns how many were attempted, in order (the rest were
+/// not: write them one by one), or a negative errno when none was.
+int graceful_write_batch(unsigned long context, const int *fds, const void *_Nonnull const *_Nonnull buffers,
+                         const size_t *lengths, long *results, int count);
+
 /// A TCP port that was free a moment ago (bound to port 0 on all interfaces, then released), or -1.
 int graceful_free_tcp_port(void);
 
@@ -115,8 +132,10 @@ enum { GRACEFUL_DOORBELL_SIZE = 4096 };
 int graceful_doorbell_create(uint32_t *_Nullable *_Nonnull page);
 /// Maps an inherited doorbell descriptor read-only; NULL with errno when it is not one page or more.
 uint32_t *_Nullable graceful_doorbell_map_fd(int fd);
-/// Stores `id` in the word, then wakes every thread waiting on it with FUTEX_WAIT.
-void graceful_doorbell_ring(uint32_t *word, uint32_t id);
+/// Stores `id` in the word: every rank reads it at its next boundary.
+void graceful_doorbell_store(uint32_t *word, uint32_t id);
+/// Wakes every thread waiting on the word with FUTEX_WAIT.
+void graceful_doorbell_wake(uint32_t *word);
 /// Blocks until the word differs from `seen` (FUTEX_WAIT, so it costs nothing while it waits).
 void graceful_doorbell_wait(const uint32_t *word, uint32_t seen);
 /// The word as it is now. Inline, so a rank's step boundary pays a load and no call.

@@ -57,10 +57,10 @@ final class ClusterConnection {
 
     var hasQueued: Bool { queuedStart < queued.count }
 
-    /// One bounded read.
-    func read(now: Instant) -> ReadOutcome {
-        var buffer = [UInt8](repeating: 0, count: Self.readSize)
-        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+    /// One bounded read, into `buffer` (`readSize` bytes, shared by every connection of a session:
+    /// a fresh zeroed one per read cost more than the rest of handling a frame).
+    func read(now: Instant, into buffer: inout [UInt8]) -> ReadOutcome {
+        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, min($0.count, Self.readSize)) }
         if count < 0 {
             if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return .payloads([]) }
             let reason = "\(SystemError("read"))"
@@ -117,6 +117,12 @@ final class ClusterConnection {
     /// (the peer stopped reading) or the connection broke.
     @discardableResult
     func send(_ payload: [UInt8], now: Instant? = nil) -> Bool {
+        queue(payload, now: now) && flush()
+    }
+
+    /// Seals and queues `payload` without sending it (a `BatchWriter` sends it with others). False
+    /// when the queue overflowed or the connection is closed.
+    func queue(_ payload: [UInt8], now: Instant? = nil) -> Bool {
         if let now { lastSent = now }
         switch state {
         case .closed:
@@ -128,19 +134,31 @@ final class ClusterConnection {
             guard payload.count <= LinkFrameReader.maximumPayload else { return false }
             let frame = writer.seal(payload)
             state = .established(reader: reader, writer: writer)
-            return enqueue(frame)
+            return append(frame)
         }
+    }
+
+    /// What is queued and not sent yet.
+    var unsent: ArraySlice<UInt8> { queued[queuedStart...] }
+
+    /// The first `count` bytes of `unsent` were sent.
+    func sent(_ count: Int) {
+        queuedStart = min(queued.count, queuedStart + count)
     }
 
     @discardableResult
     private func enqueue(_ bytes: [UInt8]) -> Bool {
+        append(bytes) && flush()
+    }
+
+    private func append(_ bytes: [UInt8]) -> Bool {
         if queuedStart > 0 && queuedStart == queued.count {
             queued.removeAll(keepingCapacity: true)
             queuedStart = 0
         }
         guard queued.count - queuedStart + bytes.count <= Self.maximumQueued else { return false }
         queued += bytes
-        return flush()
+        return true
     }
 
     /// Sends what the socket takes of the queue; false when the connection is broken.

@@ -56,6 +56,10 @@ final class ClusterSession {
     private var commands: [ClusterCommand] = []
     private var warned: Set<String> = []
     private var leaderLost = false
+    private var readBuffer = [UInt8](repeating: 0, count: ClusterConnection.readSize)
+    /// Connections holding frames the leader queued, in the order queued (`sendQueued()`).
+    private var unsent: [UInt64] = []
+    private lazy var batchWriter = BatchWriter()
 
     struct CommitFailure: Error {
         let reason: String
@@ -122,7 +126,7 @@ final class ClusterSession {
             return
         }
         guard let connection = connections[token] else { return }
-        switch connection.read(now: now) {
+        switch connection.read(now: now, into: &readBuffer) {
         case .payloads(let payloads):
             for payload in payloads { receive(payload, on: token, now: now) }
         case .closed(let reason, let kind):
@@ -260,6 +264,7 @@ final class ClusterSession {
         if !connection.send(ClusterCoding.encode(message), now: now) { drop(token, reason: "its connection broke", now: now) }
     }
 
+    /// The leader's sends to other nodes are queued, not sent: `sendQueued()` sends them all at once.
     private func perform(_ actions: [ClusterLeader.Action]) {
         for action in actions {
             switch action {
@@ -267,7 +272,9 @@ final class ClusterSession {
                 commands.append(command)
             case .send(let node, let command):
                 guard let token = tokenByNode[node], let connection = connections[token] else { continue }
-                if !connection.send(ClusterCoding.encode(command), now: clockNow) {
+                if connection.queue(ClusterCoding.encode(command), now: clockNow) {
+                    unsent.append(token)
+                } else {
                     drop(token, reason: "stopped reading (its connection broke or its queue overflowed)", now: clockNow)
                 }
             case .commit(let round, let step, let paths, let trigger):
@@ -289,6 +296,28 @@ final class ClusterSession {
         }
     }
 
+    /// Sends what the leader queued for the other nodes, to every node in one call where the kernel
+    /// allows (`BatchWriter`): a node woken by the first frame must not delay the others'. The
+    /// supervisor calls it once its own node stored a request in its doorbell and said so, before it
+    /// wakes anything of its own, and after obeying the leader's commands; `tick` calls it too.
+    func sendQueued() {
+        var seen = Set<UInt64>()
+        let pending = unsent.compactMap { token -> (UInt64, ClusterConnection)? in
+            guard seen.insert(token).inserted, let connection = connections[token], connection.hasQueued else { return nil }
+            return (token, connection)
+        }
+        unsent = []
+        guard !pending.isEmpty else { return }
+        let results = batchWriter.write(pending.map { BatchWriter.Write(fd: $0.1.fd, bytes: $0.1.unsent) })
+        for ((token, connection), result) in zip(pending, results) {
+            if let sent = result {
+                connection.sent(sent)
+            } else {
+                drop(token, reason: "its connection broke", now: clockNow)
+            }
+        }
+    }
+
     /// The time of the input being handled: actions performed for it carry it.
     private var clockNow = Instant.seconds(0)
 
@@ -296,6 +325,7 @@ final class ClusterSession {
 
     func tick(now: Instant) {
         clockNow = now
+        sendQueued()
         if !isLeader, outcome == .gathering, leaderToken == nil, now >= nextConnectAttempt { connectToLeader(now: now) }
         if leader != nil { perform(leader!.tick(now: now)) }
         keepAlive(now: now)

@@ -203,7 +203,7 @@ public final class Supervisor {
                     // The leader's word is acted on at once (a stop reaches this node's ranks before
                     // anything else of the batch is read); a relaunch closes the old ranks' descriptors,
                     // so later events of the batch read the new ranks' harmlessly.
-                    obey(session.takeCommands())
+                    obeyLeader(session)
                 default:
                     let (rank, kind) = Token.decode(event.token)
                     // Events of an attempt already replaced are stale: their descriptors are closed.
@@ -248,7 +248,7 @@ public final class Supervisor {
             auxiliary?.handle(console: console) { $0.tick(now: clock()) }
             if let session {
                 session.tick(now: clock())
-                obey(session.takeCommands())
+                obeyLeader(session)
             }
             settleExitCode()
             console.flush()
@@ -269,6 +269,7 @@ public final class Supervisor {
             case SIGUSR2:
                 if let session {
                     session.tell(.checkpointRequest("SIGUSR2"), now: clock())
+                    obeyLeader(session)
                 } else {
                     apply(coordinator.handle(.requestCheckpoint("SIGUSR2"), now: clock()))
                 }
@@ -304,6 +305,7 @@ public final class Supervisor {
             if let last = lastForwardedSignalAt, now.seconds(since: last) < configuration.policy.signalDebounce { return }
         }
         session.tell(.trigger(trigger), now: clock())
+        obeyLeader(session)
     }
 
     private func tellLeader(_ report: NodeReport) {
@@ -322,6 +324,13 @@ public final class Supervisor {
 
     private func globalRank(_ localRank: Int) -> Int {
         (configuration.cluster?.nodeRank ?? 0) * configuration.ranks + localRank
+    }
+
+    /// Carries out what the leader said to this node, then sends what the leader queued for the other
+    /// nodes (already sent if this node's doorbell rang: `apply`).
+    private func obeyLeader(_ session: ClusterSession) {
+        obey(session.takeCommands())
+        session.sendQueued()
     }
 
     /// Carries out what the leader says to this node.
@@ -632,7 +641,17 @@ public final class Supervisor {
 
     private func apply(_ actions: [CoordinatorAction]) {
         var signalsDue: [(rank: Int, signal: Int32)] = []
+        // A ring stores the request, says so, then wakes: see `.ring`.
+        var rang = false
+        func wake() {
+            guard rang else { return }
+            rang = false
+            session?.sendQueued()
+            if let doorbell { graceful_doorbell_wake(doorbell.page) }
+        }
+        defer { wake() }
         for action in actions {
+            if case .report = action {} else { wake() }
             if case .signal(let rank, let signal) = action {
                 signalsDue.append((rank, signal))
                 continue
@@ -642,7 +661,12 @@ public final class Supervisor {
             signalsDue = []
             switch action {
             case .ring(let id):
-                if let doorbell { graceful_doorbell_ring(doorbell.page, UInt32(truncatingIfNeeded: id)) }
+                // Every rank of this node has the request in memory from this store on. The line
+                // saying so follows at once; then, on the leader, the other nodes hear of it, before
+                // this node wakes anything of its own (a waiter or a rank's reader woken first would
+                // take this CPU); then the waiters, then the channels.
+                if let doorbell { graceful_doorbell_store(doorbell.page, UInt32(truncatingIfNeeded: id)) }
+                rang = true
             case .send(let rank, let message):
                 _ = ranks[rank].process.send(message.line)
             case .signal:
