@@ -57,8 +57,6 @@ final class ClusterSession {
     private var warned: Set<String> = []
     private var leaderLost = false
     private var readBuffer = [UInt8](repeating: 0, count: ClusterConnection.readSize)
-    /// Connections holding frames the leader queued, in the order queued (`sendQueued()`).
-    private var unsent: [UInt64] = []
     private lazy var batchWriter = BatchWriter()
 
     struct CommitFailure: Error {
@@ -272,9 +270,7 @@ final class ClusterSession {
                 commands.append(command)
             case .send(let node, let command):
                 guard let token = tokenByNode[node], let connection = connections[token] else { continue }
-                if connection.queue(ClusterCoding.encode(command), now: clockNow) {
-                    unsent.append(token)
-                } else {
+                if !connection.queue(ClusterCoding.encode(command), now: clockNow) {
                     drop(token, reason: "stopped reading (its connection broke or its queue overflowed)", now: clockNow)
                 }
             case .commit(let round, let step, let paths, let trigger):
@@ -296,17 +292,13 @@ final class ClusterSession {
         }
     }
 
-    /// Sends what the leader queued for the other nodes, to every node in one call where the kernel
-    /// allows (`BatchWriter`): a node woken by the first frame must not delay the others'. The
-    /// supervisor calls it once its own node stored a request in its doorbell and said so, before it
-    /// wakes anything of its own, and after obeying the leader's commands; `tick` calls it too.
+    /// Sends what every connection has queued (the leader's commands to the other nodes, what a full
+    /// socket left over), in one call where the kernel allows (`BatchWriter`): a node woken by the
+    /// first frame must not delay the others'. The supervisor calls it once its own node stored a
+    /// request in its doorbell and said so, before it wakes anything of its own, and after obeying
+    /// the leader's commands; `tick` calls it too.
     func sendQueued() {
-        var seen = Set<UInt64>()
-        let pending = unsent.compactMap { token -> (UInt64, ClusterConnection)? in
-            guard seen.insert(token).inserted, let connection = connections[token], connection.hasQueued else { return nil }
-            return (token, connection)
-        }
-        unsent = []
+        let pending = connections.filter { $0.value.hasQueued }.map { ($0.key, $0.value) }
         guard !pending.isEmpty else { return }
         let results = batchWriter.write(pending.map { BatchWriter.Write(fd: $0.1.fd, bytes: $0.1.unsent) })
         for ((token, connection), result) in zip(pending, results) {
@@ -325,15 +317,11 @@ final class ClusterSession {
 
     func tick(now: Instant) {
         clockNow = now
-        sendQueued()
         if !isLeader, outcome == .gathering, leaderToken == nil, now >= nextConnectAttempt { connectToLeader(now: now) }
         if leader != nil { perform(leader!.tick(now: now)) }
         keepAlive(now: now)
+        sendQueued()
         for (token, connection) in connections {
-            if !connection.flush() {
-                drop(token, reason: "its connection broke", now: now)
-                continue
-            }
             if carriesHeartbeats(connection) {
                 if now.seconds(since: connection.lastHeard) >= settings.heartbeatTimeout {
                     drop(token, reason: "sent nothing for \(format(settings.heartbeatTimeout))s (--heartbeat-timeout)", now: now)
