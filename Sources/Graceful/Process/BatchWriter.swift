@@ -34,8 +34,12 @@ final class BatchWriter {
     func write(_ writes: [Write]) -> [Int?] {
         var results = [Int?](repeating: nil, count: writes.count)
         var done = 0
-        if batches && writes.count > 1 {
-            done = batch(writes.prefix(Int(GRACEFUL_BATCH_MAX)), into: &results)
+        // GRACEFUL_BATCH_MAX writes a call; from the first write a call did not attempt, one by one.
+        while batches && writes.count - done > 1 {
+            let chunk = writes[done..<min(writes.count, done + Int(GRACEFUL_BATCH_MAX))]
+            let attempted = batch(chunk, into: &results)
+            done += attempted
+            if attempted < chunk.count { break }
         }
         for index in done..<writes.count {
             results[index] = ClusterSocket.send(writes[index].fd, writes[index].bytes)
@@ -43,7 +47,7 @@ final class BatchWriter {
         return results
     }
 
-    /// Writes in one call what it can; returns how many of `writes` it attempted.
+    /// Writes in one call what it can; returns how many of `writes` it attempted, from the first.
     private func batch(_ writes: ArraySlice<Write>, into results: inout [Int?]) -> Int {
         // One buffer for all: the kernel needs every address at once, and frames are small.
         var joined: [UInt8] = []
@@ -64,10 +68,10 @@ final class BatchWriter {
         for index in 0..<Int(attempted) {
             let result = raw[index]
             if result >= 0 {
-                results[index] = result
+                results[writes.startIndex + index] = result
             } else {
                 let code = Int32(-result)
-                results[index] = code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? 0 : nil
+                results[writes.startIndex + index] = code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? 0 : nil
             }
         }
         return Int(attempted)

@@ -35,8 +35,8 @@ import Testing
 
     @Test func eachSocketGetsItsOwnBytesWhateverTheCount() {
         for writer in Self.writers() {
-            // More than one batch holds: the rest go one by one, in order.
-            for count in [1, 3, Int(GRACEFUL_BATCH_MAX) + 5] {
+            // Several batches hold too, and a single write left after them.
+            for count in [1, 3, Int(GRACEFUL_BATCH_MAX) + 5, 2 * Int(GRACEFUL_BATCH_MAX) + 1] {
                 let sockets = Self.pairs(count)
                 defer { sockets.forEach { close($0.writer); close($0.reader) } }
                 let payloads = (0..<count).map { index in Array("frame \(index) of \(count)\n".utf8) }
